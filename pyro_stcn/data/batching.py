@@ -1,0 +1,56 @@
+"""One batching path for every dataset: pad to the longest sequence, with a mask.
+
+A dataset is a list of sequences, each a float tensor ``[time_i, x_dim]``. A batch is
+``x [batch, time, x_dim]`` zero-padded on the right and ``mask [batch, time]``,
+True on real steps.
+"""
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def pad_batch(sequences: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Right-pad ``[time_i, x_dim]`` sequences into ``(x, mask)``."""
+    lengths = torch.tensor([len(s) for s in sequences])
+    x = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True)
+    mask = torch.arange(x.shape[1]) < lengths.unsqueeze(1)
+    return x, mask
+
+
+@dataclass
+class Splits:
+    """Train, validation and test sequences of one dataset."""
+
+    train: list[Tensor]
+    valid: list[Tensor]
+    test: list[Tensor]
+
+    @property
+    def x_dim(self) -> int:
+        return self.train[0].shape[-1]
+
+
+def split(sequences: Sequence[Tensor], valid: int, test: int, seed: int = 0) -> Splits:
+    """A fixed random split: the same ``seed`` always gives the same three sets."""
+    order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed)).tolist()
+    picked = [sequences[i] for i in order]
+    return Splits(train=picked[valid + test :], valid=picked[:valid], test=picked[valid : valid + test])
+
+
+def batches(sequences: Sequence[Tensor], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The sequences in order, ``batch_size`` at a time (the last batch may be smaller)."""
+    for start in range(0, len(sequences), batch_size):
+        yield pad_batch(sequences[start : start + batch_size])
+
+
+def shuffled_batches(
+    sequences: Sequence[Tensor], batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless random batches: a fresh permutation each epoch, drawn from ``generator``."""
+    while True:
+        order = torch.randperm(len(sequences), generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield pad_batch([sequences[i] for i in order[start : start + batch_size]])

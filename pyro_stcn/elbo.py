@@ -1,0 +1,156 @@
+"""ELBOs whose KL term is reshaped for optimisation but reported truthfully.
+
+All of these are :class:`~pyro.infer.TraceMeanField_ELBO` with the analytic KL kept
+per latent unit (layer, time step, dimension). The value they return is always the
+true negative ELBO
+
+    -ELBO = -Σ_t E_q[log p(x_t | z_t)] + Σ_l Σ_t E_q[KL(q(z^l_t | ·) || p(z^l_t | ·))]
+
+(paper 1, eq. 14-17); only the surrogate whose gradient is followed changes:
+
+- :class:`AnnealedELBO`:        β · KL, with β ≥ 0 (paper 1; β = 0 allowed, which
+  ``poutine.scale`` refuses);
+- :class:`FreeBitsELBO`:        Σ_i max(KL_i, λ);
+- :class:`LinearFreeBitsELBO`:  Σ_i KL_i if KL_i ≥ λ else KL_i · sg(KL_i) / λ
+  (paper 2, eq. A.3; sg = stop-gradient).
+
+β and λ are plain attributes, set by the training loop from a schedule. After each
+evaluation ``self.kl`` holds the KL of each latent site (nats, summed over batch,
+time and dimensions) from the last particle, for logging.
+
+References:
+    [1] Aksan & Hilliges, "STCN", ICLR 2019.
+    [2] Andersson, Wahlström & Schön, "MS-STCN", 2021, appendix A.
+    [3] Kingma et al., "Improved Variational Inference with Inverse Autoregressive
+        Flow", NeurIPS 2016 (free bits).
+"""
+
+import torch
+from pyro.distributions.torch_distribution import MaskedDistribution
+from pyro.infer import TraceMeanField_ELBO
+from pyro.infer.util import torch_item
+from torch import Tensor
+from torch.distributions import Independent, kl_divergence
+
+from pyro_stcn.choices import choose
+
+
+def _unwrap(fn):
+    """Strip ``.mask()`` and ``.to_event()`` off a site's distribution."""
+    masks, event_dims = [], 0
+    while isinstance(fn, (MaskedDistribution, Independent)):
+        if isinstance(fn, MaskedDistribution):
+            masks.append(fn._mask)
+        else:
+            event_dims += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    return fn, masks, event_dims
+
+
+def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
+    """KL(q || p) for every latent unit of a site, masks and scales applied.
+
+    Returns a tensor of the site's batch shape followed by its event shape, e.g.
+    ``[batch, time, z_dim]``; masked units are exactly 0.
+    """
+    q, q_masks, event_dims = _unwrap(guide_site["fn"])
+    p, p_masks, _ = _unwrap(model_site["fn"])
+    try:
+        kl = kl_divergence(q, p)
+    except NotImplementedError as e:
+        raise NotImplementedError(
+            f"site {model_site['name']!r}: no analytic KL between the guide's "
+            f"{type(q).__name__} and the model's {type(p).__name__}"
+        ) from e
+    over_event = (...,) + (None,) * event_dims
+    for mask in q_masks + p_masks + [guide_site["mask"]]:
+        if mask is not None and mask is not True:
+            kl = torch.where(torch.as_tensor(mask, device=kl.device)[over_event], kl, 0.0)
+    return kl * guide_site["scale"]
+
+
+class LayerwiseELBO(TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` with per-site KL records; the base of the others.
+
+    Subclasses override :meth:`kl_surrogate` to change the gradient of the KL term.
+    With the default (the KL itself) it is exactly ``TraceMeanField_ELBO``.
+    """
+
+    def kl_surrogate(self, kl: Tensor) -> Tensor:
+        """The term whose gradient stands in for ∇ Σ_i KL_i, from per-unit KLs."""
+        return kl.sum()
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        log_lik, kl_total, kl_objective = 0.0, 0.0, 0.0
+        self.kl = {}
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                log_lik = log_lik + model_site["log_prob_sum"]
+                continue
+            kl = unit_kl(guide_trace.nodes[name], model_site)
+            kl_sum = kl.sum()
+            self.kl[name] = torch_item(kl_sum)
+            kl_total = kl_total + kl_sum
+            kl_objective = kl_objective + self.kl_surrogate(kl)
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and name not in model_trace.nodes:
+                raise ValueError(f"guide site {name!r} has no matching model site")
+        loss = -(log_lik - kl_total)
+        surrogate = -(log_lik - kl_objective)
+        return torch_item(loss), surrogate
+
+
+class AnnealedELBO(LayerwiseELBO):
+    """KL annealing: the gradient follows ``-E[log p(x|z)] + β · KL`` (β ≥ 0)."""
+
+    def __init__(self, beta: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = beta
+
+    def kl_surrogate(self, kl: Tensor) -> Tensor:
+        return self.beta * kl.sum()
+
+
+class FreeBitsELBO(LayerwiseELBO):
+    """Free bits [3]: the gradient follows ``Σ_i max(KL_i, λ)`` per latent unit."""
+
+    def __init__(self, lam: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.lam = lam
+
+    def kl_surrogate(self, kl: Tensor) -> Tensor:
+        return kl.clamp(min=self.lam).sum()
+
+
+class LinearFreeBitsELBO(LayerwiseELBO):
+    """Linear free bits [2, eq. A.3]: below λ a unit's KL gradient is scaled by KL_i/λ.
+
+    ``KL_i · sg(KL_i) / λ`` equals KL_i at λ, so the objective is continuous, and
+    its gradient ``∇KL_i · KL_i / λ`` fades as KL_i → 0 instead of vanishing at once.
+    λ = 0 gives the plain ELBO.
+    """
+
+    def __init__(self, lam: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.lam = lam
+
+    def kl_surrogate(self, kl: Tensor) -> Tensor:
+        if self.lam <= 0:
+            return kl.sum()
+        below = kl * kl.detach() / self.lam
+        return torch.where(kl >= self.lam, kl, below).sum()
+
+
+OBJECTIVES = {
+    "elbo": LayerwiseELBO,
+    "annealed": AnnealedELBO,
+    "free-bits": FreeBitsELBO,
+    "linear-free-bits": LinearFreeBitsELBO,
+}
+
+
+def make_objective(name: str, **kwargs) -> LayerwiseELBO:
+    """The objective called ``name``: elbo, annealed, free-bits or linear-free-bits."""
+    return choose(OBJECTIVES, name, "objective")(**kwargs)

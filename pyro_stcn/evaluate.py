@@ -1,0 +1,93 @@
+"""Held-out negative ELBO, per sequence and per step, and the KL of each layer.
+
+For one posterior draw z ~ q(z | x) per sequence n,
+
+    -ELBO_n = -Σ_t log p(x_t | z_t) + Σ_l Σ_t KL(q(z^l_t | ·) || p(z^l_t | ·))
+
+with masked steps excluded. Reported: the mean of -ELBO_n over sequences (nats per
+sequence, as both papers' tables), its standard error, and the total over all real
+steps divided by their number (nats per step).
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor
+
+from pyro_stcn.data.batching import batches
+from pyro_stcn.elbo import unit_kl
+
+
+def sequence_terms(model: Callable, guide: Callable, x: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """log p(x | z) and the KL of each latent site, per sequence (``[batch]`` each),
+    for one draw from the guide."""
+    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(x, mask))
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob(lambda name, site: site["is_observed"])
+    log_lik = sum(
+        site["log_prob"].sum(-1)
+        for site in model_trace.nodes.values()
+        if site["type"] == "sample" and site["is_observed"]
+    )
+    kl = {
+        name: unit_kl(guide_trace.nodes[name], site).sum((-1, -2))
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+    return log_lik, kl
+
+
+@dataclass
+class ElboReport:
+    """Negative ELBO on a set of sequences, in nats."""
+
+    per_sequence: float
+    stderr: float  # standard error of ``per_sequence`` over sequences
+    per_step: float
+    kl_per_sequence: dict[str, float]  # by latent site, e.g. {"z_1": ...}
+    sequences: int
+    steps: int
+
+
+@torch.no_grad()
+def evaluate_elbo(
+    model: Callable,
+    guide: Callable,
+    sequences: Sequence[Tensor],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int | None = 0,
+) -> ElboReport:
+    """-ELBO of ``sequences`` with one posterior draw per sequence.
+
+    A fixed ``seed`` reuses the same random draws at every call (common random
+    numbers), so that successive validations differ only by the parameters; the
+    caller's random state is left as it was.
+    """
+    device = torch.device(device)
+    neg_elbo, kls, steps = [], {}, 0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for x, mask in batches(sequences, batch_size):
+            x, mask = x.to(device), mask.to(device)
+            log_lik, kl = sequence_terms(model, guide, x, mask)
+            neg_elbo.append(sum(kl.values(), -log_lik).cpu())
+            for name, value in kl.items():
+                kls.setdefault(name, []).append(value.cpu())
+            steps += int(mask.sum())
+    per_seq = torch.cat(neg_elbo).double()
+    n = len(per_seq)
+    return ElboReport(
+        per_sequence=float(per_seq.mean()),
+        stderr=float(per_seq.std() / math.sqrt(n)) if n > 1 else float("nan"),
+        per_step=float(per_seq.sum() / steps),
+        kl_per_sequence={name: float(torch.cat(v).double().mean()) for name, v in sorted(kls.items())},
+        sequences=n,
+        steps=steps,
+    )

@@ -1,0 +1,39 @@
+"""Small 1x1-conv nets that turn features into distribution parameters.
+
+A 1x1 convolution over time is a linear map over channels applied at every step,
+so on ``[batch, time, channels]`` tensors it is an ``nn.Linear``.
+"""
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SCALE_MIN = 1e-3
+SCALE_MAX = 5.0
+
+
+def bounded_softplus(raw: Tensor, low: float = SCALE_MIN, high: float = SCALE_MAX) -> Tensor:
+    """σ = softplus(raw) clamped to [low, high]; used for every Gaussian scale."""
+    return F.softplus(raw).clamp(low, high)
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+    """``layers`` 1x1 convs with ReLU, then a 1x1 head."""
+    dims = [in_dim] + [hidden] * layers
+    body = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+    return nn.Sequential(*body, nn.Linear(dims[-1], out_dim))
+
+
+class GaussianHead(nn.Module):
+    """(μ, σ) of a diagonal Gaussian from ``[batch, time, in_dim]`` features.
+
+    μ and σ come from separate nets, as in the authors' code (paper 1, appendix 6.1:
+    two 1x1 convs with ReLU, then a 1x1 head).
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.loc = mlp(in_dim, hidden, out_dim)
+        self.scale = mlp(in_dim, hidden, out_dim)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.loc(h), bounded_softplus(self.scale(h))

@@ -1,0 +1,78 @@
+"""Figures of a run: training curves, per-layer KL, and image grids."""
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def read_log(path: str | Path) -> dict[str, list[float]]:
+    """The CSV log as columns; empty cells (no validation at that step) are dropped
+    together with their step into ``valid_step``."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    cols = {k: [float(r[k]) for r in rows] for k in rows[0] if k not in ("valid_loss", "seconds")}
+    cols["valid_step"] = [float(r["step"]) for r in rows if r["valid_loss"]]
+    cols["valid_loss"] = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
+    return cols
+
+
+def _smooth(values: list[float], width: int) -> Tensor:
+    v = torch.tensor(values)
+    width = max(1, min(width, len(v)))
+    return torch.nn.functional.avg_pool1d(v[None, None], width, stride=1)[0, 0], width
+
+
+def plot_losses(log: dict[str, list[float]], path: str | Path, baseline: float | None = None) -> None:
+    """Training -ELBO (moving average) and validation -ELBO against step."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    smooth, width = _smooth(log["loss"], 50)
+    ax.plot(log["step"][width - 1 :], smooth, label=f"train (mean of {width} steps)")
+    ax.plot(log["valid_step"], log["valid_loss"], "o-", label="validation")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", ls="--", label="independent-Bernoulli reference")
+    ax.set(xlabel="step", ylabel="-ELBO (nats per sequence)", title="Loss")
+    lows = [min(log["valid_loss"] or smooth.tolist())]
+    ax.set_ylim(top=max(lows[0] * 2.5, (baseline or 0) * 1.3))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_layer_kl(log: dict[str, list[float]], path: str | Path) -> None:
+    """KL of each latent layer (moving average) against step: a collapsed layer
+    sits at zero."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in sorted(k for k in log if k.startswith("kl_")):
+        smooth, width = _smooth(log[name], 50)
+        ax.plot(log["step"][width - 1 :], smooth, label=name[3:])
+    ax.set(xlabel="step", ylabel="KL (nats per sequence)", title="KL of each latent layer")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_image_grids(panels: dict[str, Tensor], side: int, path: str | Path, cols: int = 8) -> None:
+    """Side-by-side grids of images; each panel is ``[n, side * side]`` or
+    ``[n, side * side, 1]`` in raster order."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    for ax, (title, images) in zip(axes if len(panels) > 1 else [axes], panels.items()):
+        images = images.reshape(len(images), side, side).cpu()
+        rows = -(-len(images) // cols)
+        canvas = torch.ones(rows * (side + 1) + 1, cols * (side + 1) + 1) * 0.5
+        for i, img in enumerate(images):
+            r, c = divmod(i, cols)
+            canvas[1 + r * (side + 1) : (r + 1) * (side + 1), 1 + c * (side + 1) : (c + 1) * (side + 1)] = img
+        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
