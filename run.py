@@ -31,8 +31,8 @@ from pyro_stcn.schedules import halving, linear_warmup
 from pyro_stcn.train import TrainConfig, train
 
 # The default run: small enough for 2 CPU cores in under 5 minutes.
-DIGITS_MODEL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[16, 8, 8, 4], channels=64, blocks=4, hidden=64)
-DIGITS_TRAIN = TrainConfig(steps=2000, batch_size=64, lr=2e-3, lr_decay=0.8, valid_every=100)
+DIGITS_MODEL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[16, 8, 8, 4], channels=32, blocks=4, hidden=32)
+DIGITS_TRAIN = TrainConfig(steps=1800, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
 
 
 def pick_device(name: str) -> torch.device:

@@ -30,6 +30,7 @@ from pyro_stcn.checks import check_batch
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import mlp
 from pyro_stcn.likelihoods import make_likelihood
+from pyro_stcn.masks import zero_padding
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import Features, Wavenet
 
@@ -90,4 +91,4 @@ class STCN(nn.Module):
                 loc, scale = self.prior(layer, feats.d_prev[layer], z_above)
                 z_above = pyro.sample(f"z_{layer + 1}", dist.Normal(loc, scale).to_event(1).mask(mask))
                 zs.insert(0, z_above)
-            pyro.sample("x", self.observation(zs).mask(mask), obs=x)
+            pyro.sample("x", self.observation(zs).mask(mask), obs=zero_padding(x, mask))

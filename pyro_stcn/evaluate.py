@@ -42,6 +42,27 @@ def sequence_terms(model: Callable, guide: Callable, x: Tensor, mask: Tensor) ->
     return log_lik, kl
 
 
+def log_weights(model: Callable, guide: Callable, x: Tensor, mask: Tensor) -> Tensor:
+    """log p(x, z) - log q(z | x) per sequence ``[batch]``, summed over time, for one
+    draw z ~ q(z | x)."""
+    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(x, mask))
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
+    model_trace = prune_subsample_sites(model_trace)
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    log_p = sum(site["log_prob"].sum(-1) for site in model_trace.nodes.values() if site["type"] == "sample")
+    log_q = sum(site["log_prob"].sum(-1) for site in guide_trace.nodes.values() if site["type"] == "sample")
+    return log_p - log_q
+
+
+def iwae_bound(model: Callable, guide: Callable, x: Tensor, mask: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+    """The importance-weighted bound log (1/K) Σ_k w_k ≤ log p(x) per sequence, with
+    its K log weights ``[K, batch]`` (Burda et al. 2016). The mean of the log weights
+    is the ELBO on the same draws, so the bound is at least that, by Jensen."""
+    log_w = torch.stack([log_weights(model, guide, x, mask) for _ in range(samples)])
+    return log_w.logsumexp(0) - math.log(samples), log_w
+
+
 @dataclass
 class ElboReport:
     """Negative ELBO on a set of sequences, in nats."""

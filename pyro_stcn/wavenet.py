@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyro_stcn.masks import zero_padding
+
 
 class GatedBlock(nn.Module):
     """One residual gated block [2]: ``y = res(x) + W_o (tanh(W_f * x) ⊙ σ(W_g * x))``.
@@ -61,9 +63,7 @@ class Wavenet(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Features:
         """x: ``[batch, time, x_dim]``, mask: ``[batch, time]`` (True on real steps)."""
-        # Zero the padding so that whatever a caller put there cannot leak in.
-        x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-        s = F.pad(x.transpose(1, 2), (1, 0))  # [batch, x_dim, T+1], zero step first
+        s = F.pad(zero_padding(x, mask).transpose(1, 2), (1, 0))  # [batch, x_dim, T+1], zero step first
         d_prev, d_cur = [], []
         for group in self.groups:
             s = group(s)

@@ -1,0 +1,29 @@
+import pyro
+import pytest
+import torch
+
+from models import STCNConfig
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro():
+    """Each test starts with an empty param store, validation on, and a fixed seed."""
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+def tiny_config(**overrides) -> STCNConfig:
+    """A small STCN: 3 layers of 2 blocks (receptive field 10), 8 channels."""
+    base = dict(x_dim=2, likelihood="gaussian", z_dims=[4, 3, 2], channels=8, blocks=2, hidden=8)
+    return STCNConfig(**{**base, **overrides})
+
+
+def ragged_batch(lengths=(12, 7, 3), x_dim=2, seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian-noise sequences of the given lengths, padded, with their mask."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), max(lengths), x_dim, generator=g)
+    mask = torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(1)
+    return x * mask.unsqueeze(-1), mask

@@ -1,0 +1,83 @@
+"""Site shapes under validation, for a batch of different lengths, and masking:
+padded steps change neither the loss nor its gradient."""
+
+import warnings
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
+
+from guides import make_guide
+from models import make_model
+from pyro_stcn.elbo import LinearFreeBitsELBO
+from tests.conftest import ragged_batch, tiny_config
+
+LENGTHS = (12, 7, 3)
+
+
+@pytest.mark.parametrize("model_name", ["stcn", "stcn-dense"])
+@pytest.mark.parametrize("guide_name", ["ladder", "independent"])
+@pytest.mark.parametrize("likelihood,x_dim", [("gaussian", 2), ("bernoulli", 2), ("gmm", 2), ("handwriting", 3)])
+def test_site_shapes(model_name, guide_name, likelihood, x_dim):
+    model = make_model(model_name, tiny_config(likelihood=likelihood, x_dim=x_dim, components=3))
+    guide = make_guide(guide_name, model)
+    x, mask = ragged_batch(LENGTHS, x_dim=x_dim)
+    if likelihood == "handwriting":
+        x[..., 2] = (x[..., 2] > 0).float()
+    if likelihood == "bernoulli":
+        x = (x > 0).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. Pyro's mean-field ordering warning
+        guide_trace = poutine.trace(guide).get_trace(x, mask)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
+    assert torch.isfinite(torch.tensor(loss))
+    latents = [
+        n
+        for n, s in model_trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+    ]
+    assert latents == ["z_3", "z_2", "z_1"]  # top-down, one site per layer
+    for name, z_dim in zip(latents, [2, 3, 4]):
+        for trace in (guide_trace, model_trace):
+            site = trace.nodes[name]
+            assert site["value"].shape == (3, 12, z_dim)
+            assert site["fn"].batch_shape == (3, 12) and site["fn"].event_shape == (z_dim,)
+            assert site["log_prob"].shape == (3, 12)
+            assert [f.name for f in site["cond_indep_stack"]] == ["batch", "time"]
+            assert [f.dim for f in site["cond_indep_stack"]] == [-2, -1]
+    obs = model_trace.nodes["x"]
+    assert obs["is_observed"] and obs["fn"].batch_shape == (3, 12) and obs["fn"].event_shape == (x_dim,)
+    assert (obs["log_prob"][~mask] == 0).all()
+
+
+@pytest.mark.parametrize("model_name", ["stcn", "stcn-dense"])
+def test_padding_changes_neither_loss_nor_gradient(model_name):
+    model = make_model(model_name, tiny_config())
+    guide = make_guide("ladder", model)
+    params = list(model.parameters()) + list(guide.parameters())
+    x, mask = ragged_batch(LENGTHS)
+
+    def loss_and_grads(x):
+        pyro.set_rng_seed(7)
+        loss = LinearFreeBitsELBO(lam=0.1).differentiable_loss(model.model, guide, x, mask)
+        return loss, torch.autograd.grad(loss, params)
+
+    loss, grads = loss_and_grads(x)
+    garbage = x.clone()
+    garbage[~mask] = torch.randn(int((~mask).sum()), 2) * 1e3
+    garbage[2, -1] = float("nan")  # even NaN in the padding is ignored
+    loss2, grads2 = loss_and_grads(garbage)
+    assert float(loss2) == float(loss)
+    for g, g2 in zip(grads, grads2):
+        torch.testing.assert_close(g, g2, rtol=0, atol=0)
+    # and the real steps do matter
+    changed = x.clone()
+    changed[1, 6] += 1.0
+    loss3, _ = loss_and_grads(changed)
+    assert float(loss3) != float(loss)
