@@ -18,10 +18,10 @@ from pathlib import Path
 import pyro
 import torch
 
-from guides import GUIDES, make_guide
-from models import MODELS, PRIORS, STCNConfig, make_model
+from guides import GUIDES, IndependentGuide, make_guide
+from models import MODELS, PRIORS, STCN, STCNConfig, make_model
 from pyro_stcn.checkpoint import load_checkpoint
-from pyro_stcn.data import DATASETS
+from pyro_stcn.data import DATASETS, Splits
 from pyro_stcn.elbo import OBJECTIVES, make_objective
 from pyro_stcn.evaluate import ElboReport, evaluate_elbo
 from pyro_stcn.generate import sample_sequences
@@ -32,7 +32,7 @@ from pyro_stcn.train import TrainConfig, train
 
 # The default run: small enough for 2 CPU cores in under 5 minutes.
 DIGITS_MODEL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[16, 8, 8, 4], channels=32, blocks=4, hidden=32)
-DIGITS_TRAIN = TrainConfig(steps=1800, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
+DIGITS_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
 
 
 def pick_device(name: str) -> torch.device:
@@ -43,7 +43,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(run_config: dict, device: torch.device):
+def build(run_config: dict, device: torch.device) -> tuple[STCN, IndependentGuide]:
     """Model, guide and objective from a run's config (as saved in config.json)."""
     pyro.clear_param_store()
     model = make_model(run_config["model"], STCNConfig(**run_config["stcn"])).to(device)
@@ -71,54 +71,52 @@ def report_lines(title: str, report: ElboReport) -> list[str]:
     return lines
 
 
-def cmd_train(args) -> None:
+STCN_FLAGS = ["prior", "channels", "blocks", "hidden", "z_dims"]
+TRAIN_FLAGS = ["steps", "batch_size", "lr", "seed", "valid_every"]
+RUN_DEFAULTS = {
+    "data": "digits",
+    "model": "stcn-dense",
+    "guide": "ladder",
+    "objective": "elbo",
+    "beta_rate": 1e-4,
+    "lam": 0.5,
+    "lam_half_life": 300_000,
+}
+
+
+def given(args: argparse.Namespace, names) -> dict:
+    """The flags among ``names`` that the user set."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         run_dir = Path(args.resume)
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             sys.exit(f"error: --resume {run_dir}: no config.json there, so it is not a run directory")
+        changed = set(given(args, [*STCN_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out"])) - {"steps"}
+        if changed:
+            flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(changed))
+            sys.exit(
+                f"error: --resume continues {run_dir} with its own config.json; only --steps, --device "
+                f"and --no-progress may be given with it, not {flags}"
+            )
         run_config = json.loads(config_path.read_text())
+        if args.steps:  # train a finished run for longer
+            run_config["train"]["steps"] = args.steps
+            config_path.write_text(json.dumps(run_config, indent=2))
     else:
-        stcn = dataclasses.replace(
-            DIGITS_MODEL,
-            **{
-                k: v
-                for k, v in {
-                    "prior": args.prior,
-                    "channels": args.channels,
-                    "blocks": args.blocks,
-                    "hidden": args.hidden,
-                    "z_dims": args.z_dims,
-                }.items()
-                if v is not None
-            },
-        )
-        train_config = dataclasses.replace(
-            DIGITS_TRAIN,
-            **{
-                k: v
-                for k, v in {
-                    "steps": args.steps,
-                    "batch_size": args.batch_size,
-                    "lr": args.lr,
-                    "seed": args.seed,
-                    "valid_every": args.valid_every,
-                }.items()
-                if v is not None
-            },
-        )
+        stcn = dataclasses.replace(DIGITS_MODEL, **given(args, STCN_FLAGS))
+        train_config = dataclasses.replace(DIGITS_TRAIN, **given(args, TRAIN_FLAGS))
         run_config = {
-            "data": args.data,
-            "model": args.model,
-            "guide": args.guide,
-            "objective": args.objective,
-            "beta_rate": args.beta_rate,
-            "lam": args.lam,
-            "lam_half_life": args.lam_half_life,
+            **RUN_DEFAULTS,
+            **given(args, RUN_DEFAULTS),
             "stcn": dataclasses.asdict(stcn),
             "train": dataclasses.asdict(train_config),
         }
-        run_dir = Path(args.out or f"runs/{args.model}-{args.guide}-{time.strftime('%Y%m%d-%H%M%S')}")
+        name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(args.out or f"runs/{name}")
         if (run_dir / "last.pt").exists():
             sys.exit(f"error: {run_dir} already holds a run; continue it with --resume {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +124,7 @@ def cmd_train(args) -> None:
 
     device = pick_device(args.device)
     data = DATASETS[run_config["data"]]()
+    pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
     model, guide = build(run_config, device)
     objective = make_objective(run_config["objective"])
     print(
@@ -168,7 +167,7 @@ def cmd_train(args) -> None:
     print(f"wrote {run_dir}/: config.json, best.pt, last.pt, log.csv, results.txt, loss.png, kl.png, samples.png")
 
 
-def write_samples(model, data, path: Path, num: int, device) -> None:
+def write_samples(model: STCN, data: Splits, path: Path, num: int, device: torch.device) -> None:
     real = torch.stack(data.test[:num])
     steps, x_dim = real.shape[1:]
     generated = sample_sequences(model.model, num, steps, x_dim, device=device)
@@ -176,7 +175,7 @@ def write_samples(model, data, path: Path, num: int, device) -> None:
     plot_image_grids({"generated": generated, "real test digits": real}, side, path)
 
 
-def load_run(run_dir: str, device: torch.device):
+def load_run(run_dir: str, device: torch.device) -> tuple[dict, STCN, IndependentGuide]:
     ckpt = load_checkpoint(Path(run_dir) / "best.pt", device)
     run_config = ckpt["run_config"]
     model, guide = build(run_config, device)
@@ -186,7 +185,7 @@ def load_run(run_dir: str, device: torch.device):
     return run_config, model, guide
 
 
-def cmd_evaluate(args) -> None:
+def cmd_evaluate(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     run_config, model, guide = load_run(args.run, device)
     data = DATASETS[run_config["data"]]()
@@ -194,7 +193,7 @@ def cmd_evaluate(args) -> None:
     print("\n".join(report_lines(f"{run_config['model']} on {run_config['data']}, {args.split} split", report)))
 
 
-def cmd_sample(args) -> None:
+def cmd_sample(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     run_config, model, guide = load_run(args.run, device)
     torch.manual_seed(args.seed)
@@ -208,15 +207,15 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model by SVI")
-    t.add_argument("--data", default="digits", choices=list(DATASETS))
-    t.add_argument("--model", default="stcn-dense", choices=list(MODELS))
-    t.add_argument("--guide", default="ladder", choices=list(GUIDES))
-    t.add_argument("--prior", default="dynamic", choices=list(PRIORS))
-    t.add_argument("--objective", default="elbo", choices=list(OBJECTIVES))
-    t.add_argument("--beta-rate", type=float, default=1e-4, help="annealed: β rises by this per step (default 1e-4)")
-    t.add_argument("--lam", type=float, default=0.5, help="free bits: λ0 in nats per latent unit (default 0.5)")
-    t.add_argument("--lam-half-life", type=float, default=300_000, help="free bits: steps to halve λ")
-    t.add_argument("--steps", type=int)
+    t.add_argument("--data", choices=list(DATASETS), help="dataset (default digits)")
+    t.add_argument("--model", choices=list(MODELS), help="default stcn-dense")
+    t.add_argument("--guide", choices=list(GUIDES), help="default ladder")
+    t.add_argument("--prior", choices=list(PRIORS), help="default dynamic")
+    t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo")
+    t.add_argument("--beta-rate", type=float, help="annealed: β rises by this per step (default 1e-4)")
+    t.add_argument("--lam", type=float, help="free bits: λ0 in nats per latent unit (default 0.5)")
+    t.add_argument("--lam-half-life", type=float, help="free bits: steps to halve λ (default 300000)")
+    t.add_argument("--steps", type=int, help="training steps (with --resume: the new total)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)

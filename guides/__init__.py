@@ -2,12 +2,13 @@
 
 from guides.independent import IndependentGuide
 from guides.ladder import LadderGuide, precision_weighted
+from models.stcn import STCN
 from pyro_stcn.choices import choose
 
 GUIDES = {"ladder": LadderGuide, "independent": IndependentGuide}
 
 
-def make_guide(name: str, model) -> IndependentGuide:
+def make_guide(name: str, model: STCN) -> IndependentGuide:
     """The guide called ``name`` (ladder or independent) for ``model``."""
     return choose(GUIDES, name, "guide")(model)
 

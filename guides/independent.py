@@ -9,11 +9,10 @@ holds the top-down loop that :class:`guides.ladder.LadderGuide` reuses.
 
 import pyro
 import pyro.distributions as dist
-import torch
 from torch import Tensor, nn
 
 from models.stcn import STCN
-from pyro_stcn.heads import GaussianHead
+from pyro_stcn.heads import join, layer_heads
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import Features
 
@@ -30,8 +29,7 @@ class IndependentGuide(nn.Module):
         super().__init__()
         c = stcn.config
         self._stcn = (stcn,)  # a tuple keeps the model's parameters out of this module
-        above = c.z_dims[1:] + [0]
-        self.estimate = nn.ModuleList(GaussianHead(c.channels + a, c.hidden, z) for z, a in zip(c.z_dims, above))
+        self.estimate = layer_heads(c.channels, c.z_dims, c.hidden)
 
     @property
     def stcn(self) -> STCN:
@@ -39,8 +37,7 @@ class IndependentGuide(nn.Module):
 
     def posterior(self, layer: int, feats: Features, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
         """(μ_q, σ_q) of q(z^l_t | ·), each ``[batch, time, z_l]``."""
-        d_cur = feats.d_cur[layer]
-        return self.estimate[layer](d_cur if z_above is None else torch.cat([d_cur, z_above], dim=-1))
+        return self.estimate[layer](join(feats.d_cur[layer], z_above))
 
     def forward(self, x: Tensor, mask: Tensor) -> None:
         register("guide", self)

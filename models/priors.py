@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.choices import choose
-from pyro_stcn.heads import GaussianHead
+from pyro_stcn.heads import join, layer_heads
 
 
 class DynamicPrior(nn.Module):
@@ -21,12 +21,10 @@ class DynamicPrior(nn.Module):
 
     def __init__(self, channels: int, z_dims: list[int], hidden: int):
         super().__init__()
-        above = z_dims[1:] + [0]
-        self.heads = nn.ModuleList(GaussianHead(channels + a, hidden, z) for z, a in zip(z_dims, above))
+        self.heads = layer_heads(channels, z_dims, hidden)
 
     def forward(self, layer: int, d_prev: Tensor, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
-        h = d_prev if z_above is None else torch.cat([d_prev, z_above], dim=-1)
-        return self.heads[layer](h)
+        return self.heads[layer](join(d_prev, z_above))
 
 
 class StandardPrior(nn.Module):
@@ -37,7 +35,8 @@ class StandardPrior(nn.Module):
         self.z_dims = z_dims
 
     def forward(self, layer: int, d_prev: Tensor, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
-        loc = d_prev.new_zeros(d_prev.shape[:-1] + (self.z_dims[layer],))
+        batch_shape = d_prev.shape[:-1] if z_above is None else z_above.shape[:-1]
+        loc = d_prev.new_zeros(batch_shape + (self.z_dims[layer],))
         return loc, torch.ones_like(loc)
 
 

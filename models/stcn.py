@@ -64,7 +64,7 @@ class STCN(nn.Module):
         self.output = nn.Sequential(mlp(out_dim, c.hidden, c.hidden, layers=c.output_layers - 1), nn.ReLU())
         mixture = {"components": c.components} if c.likelihood in ("gmm", "handwriting") else {}
         self.likelihood = make_likelihood(c.likelihood, c.hidden, c.x_dim, **mixture)
-        self.features = FeatureHandoff(self.trunk_features)
+        self.features = FeatureHandoff(self.trunk_features, self.trunk)
 
     @property
     def layers(self) -> int:

@@ -13,7 +13,7 @@ import torch
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write ``state`` to ``path`` so that a crash leaves the old file or the new one,
-    never half of one: write a temporary file beside it, sync, then rename."""
+    never half of one: write a temporary file beside it, sync, rename, sync the folder."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -21,6 +21,11 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

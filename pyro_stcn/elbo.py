@@ -36,11 +36,12 @@ from pyro_stcn.choices import choose
 
 
 def _unwrap(fn):
-    """Strip ``.mask()`` and ``.to_event()`` off a site's distribution."""
+    """Strip ``.mask()`` and ``.to_event()`` off a site's distribution: the base, its
+    masks each with the number of event dims outside it, and the total event dims."""
     masks, event_dims = [], 0
     while isinstance(fn, (MaskedDistribution, Independent)):
         if isinstance(fn, MaskedDistribution):
-            masks.append(fn._mask)
+            masks.append((fn._mask, event_dims))
         else:
             event_dims += fn.reinterpreted_batch_ndims
         fn = fn.base_dist
@@ -48,10 +49,12 @@ def _unwrap(fn):
 
 
 def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
-    """KL(q || p) for every latent unit of a site, masks and scales applied.
+    """KL(q || p) for every latent unit of a site, with the sites' masks applied.
 
     Returns a tensor of the site's batch shape followed by its event shape, e.g.
-    ``[batch, time, z_dim]``; masked units are exactly 0.
+    ``[batch, time, z_dim]``; masked units are exactly 0. The site's ``scale`` (from
+    ``poutine.scale`` or subsampling) is *not* applied: free bits compare unscaled KLs
+    with λ.
     """
     q, q_masks, event_dims = _unwrap(guide_site["fn"])
     p, p_masks, _ = _unwrap(model_site["fn"])
@@ -62,11 +65,11 @@ def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
             f"site {model_site['name']!r}: no analytic KL between the guide's "
             f"{type(q).__name__} and the model's {type(p).__name__}"
         ) from e
-    over_event = (...,) + (None,) * event_dims
-    for mask in q_masks + p_masks + [guide_site["mask"]]:
+    for mask, outside in q_masks + p_masks + [(guide_site["mask"], 0)]:
         if mask is not None and mask is not True:
-            kl = torch.where(torch.as_tensor(mask, device=kl.device)[over_event], kl, 0.0)
-    return kl * guide_site["scale"]
+            mask = torch.as_tensor(mask, device=kl.device)
+            kl = torch.where(mask[(...,) + (None,) * (event_dims - outside)], kl, 0.0)
+    return kl
 
 
 class LayerwiseELBO(TraceMeanField_ELBO):
@@ -89,11 +92,12 @@ class LayerwiseELBO(TraceMeanField_ELBO):
             if model_site["is_observed"]:
                 log_lik = log_lik + model_site["log_prob_sum"]
                 continue
-            kl = unit_kl(guide_trace.nodes[name], model_site)
-            kl_sum = kl.sum()
+            guide_site = guide_trace.nodes[name]
+            kl = unit_kl(guide_site, model_site)
+            kl_sum = guide_site["scale"] * kl.sum()
             self.kl[name] = torch_item(kl_sum)
             kl_total = kl_total + kl_sum
-            kl_objective = kl_objective + self.kl_surrogate(kl)
+            kl_objective = kl_objective + guide_site["scale"] * self.kl_surrogate(kl)
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and name not in model_trace.nodes:
                 raise ValueError(f"guide site {name!r} has no matching model site")

@@ -22,22 +22,30 @@ from pyro_stcn.data.batching import batches
 from pyro_stcn.elbo import unit_kl
 
 
-def sequence_terms(model: Callable, guide: Callable, x: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """log p(x | z) and the KL of each latent site, per sequence (``[batch]`` each),
-    for one draw from the guide."""
+def trace_pair(model: Callable, guide: Callable, x: Tensor, mask: Tensor):
+    """(guide trace, model trace replayed against it) for one draw z ~ q(z | x), with
+    plate sites pruned and log densities computed."""
     guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(x, mask))
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
     model_trace = prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob(lambda name, site: site["is_observed"])
-    log_lik = sum(
-        site["log_prob"].sum(-1)
-        for site in model_trace.nodes.values()
-        if site["type"] == "sample" and site["is_observed"]
-    )
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    return guide_trace, model_trace
+
+
+def _samples(trace):
+    return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample"]
+
+
+def sequence_terms(model: Callable, guide: Callable, x: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """log p(x | z) and the analytic KL of each latent site, per sequence (``[batch]``
+    each), for one draw from the guide."""
+    guide_trace, model_trace = trace_pair(model, guide, x, mask)
+    log_lik = sum(site["log_prob"].sum(-1) for _, site in _samples(model_trace) if site["is_observed"])
     kl = {
         name: unit_kl(guide_trace.nodes[name], site).sum((-1, -2))
-        for name, site in model_trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"]
+        for name, site in _samples(model_trace)
+        if not site["is_observed"]
     }
     return log_lik, kl
 
@@ -45,20 +53,17 @@ def sequence_terms(model: Callable, guide: Callable, x: Tensor, mask: Tensor) ->
 def log_weights(model: Callable, guide: Callable, x: Tensor, mask: Tensor) -> Tensor:
     """log p(x, z) - log q(z | x) per sequence ``[batch]``, summed over time, for one
     draw z ~ q(z | x)."""
-    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(x, mask))
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, mask)
-    model_trace = prune_subsample_sites(model_trace)
-    guide_trace.compute_log_prob()
-    model_trace.compute_log_prob()
-    log_p = sum(site["log_prob"].sum(-1) for site in model_trace.nodes.values() if site["type"] == "sample")
-    log_q = sum(site["log_prob"].sum(-1) for site in guide_trace.nodes.values() if site["type"] == "sample")
+    guide_trace, model_trace = trace_pair(model, guide, x, mask)
+    log_p = sum(site["log_prob"].sum(-1) for _, site in _samples(model_trace))
+    log_q = sum(site["log_prob"].sum(-1) for _, site in _samples(guide_trace))
     return log_p - log_q
 
 
+@torch.no_grad()
 def iwae_bound(model: Callable, guide: Callable, x: Tensor, mask: Tensor, samples: int) -> tuple[Tensor, Tensor]:
     """The importance-weighted bound log (1/K) Σ_k w_k ≤ log p(x) per sequence, with
     its K log weights ``[K, batch]`` (Burda et al. 2016). The mean of the log weights
-    is the ELBO on the same draws, so the bound is at least that, by Jensen."""
+    is a Monte Carlo estimate of the ELBO, and the bound is at least that, by Jensen."""
     log_w = torch.stack([log_weights(model, guide, x, mask) for _ in range(samples)])
     return log_w.logsumexp(0) - math.log(samples), log_w
 

@@ -4,6 +4,7 @@ A 1x1 convolution over time is a linear map over channels applied at every step,
 so on ``[batch, time, channels]`` tensors it is an ``nn.Linear``.
 """
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,8 +20,23 @@ def bounded_softplus(raw: Tensor, low: float = SCALE_MIN, high: float = SCALE_MA
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
     """``layers`` 1x1 convs with ReLU, then a 1x1 head."""
     dims = [in_dim] + [hidden] * layers
-    body = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+    body = [m for a, b in zip(dims[:-1], dims[1:], strict=True) for m in (nn.Linear(a, b), nn.ReLU())]
     return nn.Sequential(*body, nn.Linear(dims[-1], out_dim))
+
+
+def join(d: Tensor, z_above: Tensor | None) -> Tensor:
+    """[d, z_above] along channels; d ``[batch, time, C]`` is broadcast to the leading
+    dims of z (e.g. a particle dim from ``vectorize_particles``)."""
+    if z_above is None:
+        return d
+    return torch.cat([d.expand(*z_above.shape[:-1], -1), z_above], dim=-1)
+
+
+def layer_heads(channels: int, z_dims: list[int], hidden: int) -> nn.ModuleList:
+    """One :class:`GaussianHead` per latent layer, fed with [d^l, z^{l+1}] (the top
+    layer with d^L alone)."""
+    above = z_dims[1:] + [0]
+    return nn.ModuleList(GaussianHead(channels + a, hidden, z) for z, a in zip(z_dims, above, strict=True))
 
 
 class GaussianHead(nn.Module):

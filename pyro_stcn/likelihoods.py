@@ -42,14 +42,14 @@ class PenStroke(TorchDistribution):
         self.pen = dist.Bernoulli(logits=pen_logits)
         super().__init__(offsets.batch_shape, torch.Size([3]), validate_args=validate_args)
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(self, batch_shape: torch.Size, _instance=None) -> "PenStroke":
         batch_shape = torch.Size(batch_shape)
         return PenStroke(self.offsets.expand(batch_shape), self.pen.logits.expand(batch_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.offsets.log_prob(value[..., :2]) + self.pen.log_prob(value[..., 2])
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size = ()) -> Tensor:
         offsets = self.offsets.sample(sample_shape)
         return torch.cat([offsets, self.pen.sample(sample_shape).unsqueeze(-1)], dim=-1)
 

@@ -22,10 +22,11 @@ def read_log(path: str | Path) -> dict[str, list[float]]:
     return cols
 
 
-def _smooth(values: list[float], width: int) -> Tensor:
+def _smooth(values: list[float], width: int) -> tuple[list[float], int]:
+    """Moving average over ``width`` steps (fewer if the log is short)."""
     v = torch.tensor(values)
     width = max(1, min(width, len(v)))
-    return torch.nn.functional.avg_pool1d(v[None, None], width, stride=1)[0, 0], width
+    return torch.nn.functional.avg_pool1d(v[None, None], width, stride=1)[0, 0].tolist(), width
 
 
 def plot_losses(log: dict[str, list[float]], path: str | Path, baseline: float | None = None) -> None:
@@ -37,8 +38,7 @@ def plot_losses(log: dict[str, list[float]], path: str | Path, baseline: float |
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", label="independent-Bernoulli reference")
     ax.set(xlabel="step", ylabel="-ELBO (nats per sequence)", title="Loss")
-    lows = [min(log["valid_loss"] or smooth.tolist())]
-    ax.set_ylim(top=max(lows[0] * 2.5, (baseline or 0) * 1.3))
+    ax.set_ylim(top=2 * max(log["valid_loss"][:1] + [baseline or 0]))  # the first steps dwarf the rest
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -70,7 +70,7 @@ def plot_image_grids(panels: dict[str, Tensor], side: int, path: str | Path, col
         for i, img in enumerate(images):
             r, c = divmod(i, cols)
             canvas[1 + r * (side + 1) : (r + 1) * (side + 1), 1 + c * (side + 1) : (c + 1) * (side + 1)] = img
-        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()

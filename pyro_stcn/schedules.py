@@ -7,9 +7,9 @@ References:
 """
 
 
-def linear_warmup(step: int, rate: float = 1e-4, start: float = 0.0) -> float:
-    """β = min(1, start + rate · step): from ``start`` up to 1 in (1 - start)/rate steps."""
-    return min(1.0, start + rate * step)
+def linear_warmup(step: int, rate: float = 1e-4) -> float:
+    """β = min(1, rate · step): from 0 up to 1 in 1/rate steps."""
+    return min(1.0, rate * step)
 
 
 def halving(step: int, start: float = 0.5, half_life: float = 300_000) -> float:

@@ -8,10 +8,11 @@ Adam step after clipping the global gradient norm. The parameters are those of t
 modules passed in, so nothing depends on Pyro's global param store.
 
 Every ``valid_every`` steps the validation -ELBO (β = 1, λ = 0, fixed random draws)
-is computed. A relative improvement of at least ``min_improvement`` saves
-``best.pt``; ``patience`` validations without one stop the run (paper 1's early
-stopping, with the authors' 10 evaluations and 0.25%). ``last.pt`` is written at each
-validation and lets an interrupted run resume where it left off.
+is computed. Each new best saves ``best.pt``; ``patience`` validations without a
+relative improvement of ``min_improvement`` stop the run (the authors' 10
+evaluations and 0.25%). ``last.pt`` is written at each validation; an interrupted
+run resumes from it exactly: parameters, optimizer, learning rate, random state and
+the batch stream all continue where they were.
 """
 
 import csv
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyro
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -77,6 +79,8 @@ def train(
     ``{"beta": linear_warmup}``. ``run_config`` is stored in every checkpoint. If
     ``run_dir/last.pt`` exists the run resumes from it.
     """
+    if config.steps < 1 or config.valid_every < 1:
+        raise ValueError(f"steps and valid_every must be positive, got {config.steps} and {config.valid_every}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -86,23 +90,32 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: config.lr_decay ** (step / config.lr_decay_steps)
     )
-    batch_rng = torch.Generator()
 
-    torch.manual_seed(config.seed)
-    batch_rng.manual_seed(config.seed)
-    state = {"step": 0, "best_valid": float("inf"), "best_step": 0, "bad_validations": 0, "seconds": 0.0}
+    pyro.set_rng_seed(config.seed)
+    state = {
+        "step": 0,
+        "best_valid": float("inf"),
+        "best_step": 0,
+        "patience_best": float("inf"),  # the last validation that improved by min_improvement
+        "bad_validations": 0,
+        "stopped_early": False,
+        "seconds": 0.0,
+    }
     last = run_dir / "last.pt"
     if last.exists():
-        ckpt = load_checkpoint(last, device)
+        ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
         for name, module in modules.items():
             module.load_state_dict(ckpt[name])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"])
-        batch_rng.set_state(ckpt["batch_rng"])
+        if ckpt["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         state = ckpt["train_state"]
         _truncate_log(run_dir / "log.csv", state["step"])
         tqdm.write(f"resuming {run_dir} from step {state['step']}")
+        if state["stopped_early"]:
+            tqdm.write(f"this run stopped early at step {state['step']}: nothing left to train")
 
     def checkpoint(path: Path) -> None:
         save_checkpoint(
@@ -111,7 +124,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
-                "batch_rng": batch_rng.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
                 "train_state": dict(state),
                 "train_config": asdict(config),
                 "run_config": run_config or {},
@@ -120,12 +133,11 @@ def train(
         )
 
     log = _Log(run_dir / "log.csv")
-    stream = shuffled_batches(data.train, config.batch_size, batch_rng)
+    stream = shuffled_batches(data.train, config.batch_size, config.seed, start=state["step"])
     started = time.perf_counter() - state["seconds"]
     bar = tqdm(total=config.steps, initial=state["step"], disable=not progress, dynamic_ncols=True, desc="train")
-    stopped_early = False
     try:
-        while state["step"] < config.steps and not stopped_early:
+        while state["step"] < config.steps and not state["stopped_early"]:
             step = state["step"]
             for attr, schedule in schedules.items():
                 setattr(objective, attr, schedule(step))
@@ -148,13 +160,16 @@ def train(
             }
             if step % config.valid_every == 0 or step == config.steps:
                 valid = evaluate_elbo(model, guide, data.valid, device=device).per_sequence
-                best = state["best_valid"]
-                if math.isinf(best) or valid < best - config.min_improvement * abs(best):
-                    state.update(best_valid=valid, best_step=step, bad_validations=0)
+                if valid < state["best_valid"]:
+                    state.update(best_valid=valid, best_step=step)
                     checkpoint(run_dir / "best.pt")
+                # Patience counts validations without a real (relative) improvement.
+                target = state["patience_best"]
+                if math.isinf(target) or valid < target - config.min_improvement * abs(target):
+                    state.update(patience_best=valid, bad_validations=0)
                 else:
                     state["bad_validations"] += 1
-                stopped_early = state["bad_validations"] >= config.patience
+                state["stopped_early"] = state["bad_validations"] >= config.patience
                 state["seconds"] = time.perf_counter() - started
                 row.update(valid_loss=valid, seconds=state["seconds"])
                 log.write(row)
@@ -165,18 +180,17 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.2f}", kl=f"{row['kl']:.2f}", best_valid=f"{state['best_valid']:.2f}")
     except KeyboardInterrupt:
-        tqdm.write(
-            f"interrupted; the run resumes from step {load_checkpoint(last)['train_state']['step'] if last.exists() else 0} when started again on {run_dir}"
-        )
+        saved = load_checkpoint(last)["train_state"]["step"] if last.exists() else 0
+        tqdm.write(f"interrupted at step {state['step']}; resuming {run_dir} continues from step {saved}")
         raise
     finally:
         bar.close()
         log.close()
 
-    best = load_checkpoint(run_dir / "best.pt", device)
+    best = load_checkpoint(run_dir / "best.pt")
     for name, module in modules.items():
         module.load_state_dict(best[name])
-    return TrainResult(state["best_step"], state["best_valid"], state["step"], stopped_early, state["seconds"])
+    return TrainResult(state["best_step"], state["best_valid"], state["step"], state["stopped_early"], state["seconds"])
 
 
 class _Log:

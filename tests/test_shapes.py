@@ -7,7 +7,7 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import Predictive, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from guides import make_guide
@@ -81,3 +81,19 @@ def test_padding_changes_neither_loss_nor_gradient(model_name):
     changed[1, 6] += 1.0
     loss3, _ = loss_and_grads(changed)
     assert float(loss3) != float(loss)
+
+
+def test_vectorized_particles_and_predictive():
+    """A particle dim on the left of every site: Pyro's vectorised ELBO and Predictive."""
+    model = make_model("stcn-dense", tiny_config())
+    guide = make_guide("ladder", model)
+    x, mask = ragged_batch(LENGTHS)
+    pyro.set_rng_seed(0)
+    vectorised = TraceMeanField_ELBO(num_particles=200, vectorize_particles=True).loss(model.model, guide, x, mask)
+    pyro.set_rng_seed(1)
+    single = [TraceMeanField_ELBO().loss(model.model, guide, x, mask) for _ in range(200)]
+    spread = torch.tensor(single).std() / 200**0.5
+    assert abs(vectorised - sum(single) / 200) < 5 * spread
+    predictive = Predictive(model.model, guide=guide, num_samples=5, parallel=True, return_sites=["z_1", "z_3"])
+    samples = predictive(x, mask)
+    assert samples["z_1"].shape == (5, 3, 12, 4) and samples["z_3"].shape == (5, 3, 12, 2)

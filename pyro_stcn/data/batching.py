@@ -8,6 +8,7 @@ True on real steps.
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,10 +48,20 @@ def batches(sequences: Sequence[Tensor], batch_size: int) -> Iterator[tuple[Tens
 
 
 def shuffled_batches(
-    sequences: Sequence[Tensor], batch_size: int, generator: torch.Generator
+    sequences: Sequence[Tensor], batch_size: int, seed: int, start: int = 0
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless random batches: a fresh permutation each epoch, drawn from ``generator``."""
+    """Endless random batches from batch number ``start`` on. Epoch e is a fixed
+    permutation drawn from (seed, e), so the stream is a function of the batch number
+    alone and a resumed run continues it exactly."""
+    per_epoch = len(sequences) // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the {len(sequences)} training sequences")
+    step, epoch, order = start, None, []
     while True:
-        order = torch.randperm(len(sequences), generator=generator).tolist()
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield pad_batch([sequences[i] for i in order[start : start + batch_size]])
+        if step // per_epoch != epoch:
+            epoch = step // per_epoch
+            generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+            order = torch.randperm(len(sequences), generator=generator).tolist()
+        i = step % per_epoch * batch_size
+        yield pad_batch([sequences[j] for j in order[i : i + batch_size]])
+        step += 1

@@ -1,0 +1,87 @@
+"""Bad input gets a clear error that says what was wrong and what was expected."""
+
+import pyro
+import pytest
+import torch
+
+from guides import make_guide
+from models import make_model
+from models.priors import make_prior
+from tests.conftest import ragged_batch, tiny_config
+
+
+@pytest.fixture
+def stcn():
+    model = make_model("stcn", tiny_config())
+    return model, make_guide("ladder", model)
+
+
+def test_wrong_rank(stcn):
+    model, guide = stcn
+    x, mask = ragged_batch()
+    with pytest.raises(ValueError, match=r"x must be a tensor of shape \[batch, time, 2\], got \(3, 12\)"):
+        guide(x[..., 0], mask)
+    with pytest.raises(ValueError, match=r"x must be a tensor of shape \[batch, time, 2\], got \(12, 2\)"):
+        model.model(x[0], mask[0])
+
+
+def test_wrong_channel_count(stcn):
+    model, _ = stcn
+    x, mask = ragged_batch(x_dim=3)
+    with pytest.raises(ValueError, match=r"x has 3 channels \(shape \(3, 12, 3\)\); the model expects 2"):
+        model.model(x, mask)
+
+
+def test_nan_in_real_steps(stcn):
+    model, guide = stcn
+    x, mask = ragged_batch()
+    x[1, 4, 0] = float("nan")
+    x[2, 1, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or inf at sequence 1, step 4 \(and 1 more steps\)"):
+        guide(x, mask)
+
+
+def test_mask_shape_mismatch(stcn):
+    model, _ = stcn
+    x, mask = ragged_batch()
+    with pytest.raises(ValueError, match=r"mask must have shape \[batch, time\] = \(3, 12\) to match x, got \(3, 11\)"):
+        model.model(x, mask[:, :-1])
+
+
+def test_mask_dtype_and_gaps(stcn):
+    model, _ = stcn
+    x, mask = ragged_batch()
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        model.model(x, mask.float())
+    gappy = mask.clone()
+    gappy[0, 5] = False
+    with pytest.raises(ValueError, match="mask row 0 has a gap"):
+        model.model(x, gappy)
+
+
+@pytest.mark.parametrize(
+    "make,name,valid",
+    [
+        (lambda n: make_model(n, tiny_config()), "vrnn", "stcn, stcn-dense"),
+        (lambda n: make_guide(n, make_model("stcn", tiny_config())), "mean-field", "ladder, independent"),
+        (lambda n: make_prior(n, 8, [2], 8), "flow", "dynamic, standard"),
+    ],
+)
+def test_unknown_names_list_the_valid_ones(make, name, valid):
+    with pytest.raises(ValueError, match=f"unknown (model|guide|prior) '{name}'; valid: {valid}"):
+        make(name)
+
+
+def test_the_model_being_run_owns_its_param_store_names():
+    """Two models under one name: plain pyro.module would hand SVI the first one's
+    tensors and silently leave the second untrained."""
+    first = make_model("stcn", tiny_config())
+    second = make_model("stcn", tiny_config())
+    x, mask = ragged_batch()
+    first.model(x, mask)
+    before = [p.detach().clone() for p in second.parameters()]
+    svi = pyro.infer.SVI(
+        second.model, make_guide("ladder", second), pyro.optim.Adam({"lr": 0.1}), pyro.infer.Trace_ELBO()
+    )
+    svi.step(x, mask)
+    assert all(not torch.equal(b, p) for b, p in zip(before, second.parameters()))

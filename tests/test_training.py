@@ -1,0 +1,150 @@
+"""Training: the README's SVI snippet, the shared trunk, checkpoints and resumption,
+and a short run on real digits that beats an honest reference."""
+
+import csv
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from guides import make_guide
+from models import STCNConfig, make_model
+from pyro_stcn.checkpoint import load_checkpoint
+from pyro_stcn.data import load_digits_splits, pad_batch
+from pyro_stcn.elbo import AnnealedELBO, LayerwiseELBO
+from pyro_stcn.evaluate import evaluate_elbo
+from pyro_stcn.reference import independent_bernoulli_nll
+from pyro_stcn.train import TrainConfig, train
+
+SMALL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[8, 4, 4, 2], channels=16, blocks=4, hidden=16)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_splits()
+
+
+def _readme_python_block() -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    return text.split("## From Python")[1].split("```python")[1].split("```")[0]
+
+
+def test_readme_svi_snippet_trains(digits):
+    """The README's Python block, executed as written."""
+    namespace = {}
+    exec(_readme_python_block(), namespace)
+    model, guide, losses = namespace["model"], namespace["guide"], namespace["losses"]
+    assert len(losses) == 100
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
+    fresh = make_model("stcn-dense", namespace["config"])
+    pyro.clear_param_store()
+    untrained = evaluate_elbo(fresh.model, make_guide("ladder", fresh), digits.valid).per_sequence
+    assert evaluate_elbo(model.model, guide, digits.valid).per_sequence < untrained - 5
+
+
+def test_trunk_runs_once_per_step(digits):
+    model = make_model("stcn-dense", SMALL)
+    guide = make_guide("ladder", model)
+    calls = []
+    model.trunk.register_forward_hook(lambda *_: calls.append(1))
+    svi = pyro.infer.SVI(model.model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=LayerwiseELBO())
+    x, mask = pad_batch(digits.train[:8])
+    svi.step(x, mask)
+    assert len(calls) == 1
+    svi.step(x, mask)  # the same tensors again: a new step computes afresh
+    assert len(calls) == 2
+    with torch.no_grad():
+        model.model(x, mask)  # the model alone computes its own
+    assert len(calls) == 3
+
+
+def test_stale_features_are_never_handed_over(digits):
+    """A guide run, then an optimizer update (or an in-place edit of x), then the model:
+    the model must compute the trunk afresh."""
+    model = make_model("stcn-dense", SMALL)
+    guide = make_guide("ladder", model)
+    calls = []
+    model.trunk.register_forward_hook(lambda *_: calls.append(1))
+    x, mask = pad_batch(digits.train[:4])
+    with torch.no_grad():
+        guide(x, mask)
+        model.trunk.groups[0][0].out.bias.add_(1.0)  # what an optimizer step does
+        model.model(x, mask)
+        assert len(calls) == 2
+        guide(x, mask)
+        x[0, 0] = 1 - x[0, 0]
+        model.model(x, mask)
+        assert len(calls) == 4
+        guide(x, mask)
+        model.model(x, mask)  # nothing changed: handed over
+        assert len(calls) == 5
+
+
+def _train(digits, run_dir, steps, **kw):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model = make_model("stcn-dense", SMALL)
+    guide = make_guide("ladder", model)
+    schedules = kw.pop("schedules", None)
+    config = TrainConfig(steps=steps, batch_size=32, lr=3e-3, valid_every=kw.pop("valid_every", 50), **kw)
+    result = train(
+        model.model,
+        guide,
+        {"model": model, "guide": guide},
+        AnnealedELBO(),
+        digits,
+        config,
+        run_dir,
+        schedules=schedules,
+        run_config={"note": "test"},
+        progress=False,
+    )
+    return model, guide, result
+
+
+def test_short_training_beats_independent_bernoulli(digits, tmp_path):
+    model, guide, result = _train(digits, tmp_path, steps=300)
+    test = evaluate_elbo(model.model, guide, digits.test)
+    reference = independent_bernoulli_nll(digits.train, digits.test)
+    assert test.per_sequence + 3 * test.stderr < reference, (test.per_sequence, reference)
+    best = load_checkpoint(tmp_path / "best.pt")  # weights_only=True inside
+    assert best["train_state"]["best_step"] == result.best_step
+    assert best["run_config"] == {"note": "test"}
+    assert set(best) >= {"model", "guide", "optimizer", "train_state"}
+
+
+def test_interrupted_run_resumes_exactly(digits, tmp_path):
+    """Killed at step 15, resumed from the step-10 checkpoint, a run ends with the same
+    parameters as one that was never interrupted."""
+    straight, _, _ = _train(digits, tmp_path / "straight", steps=30, valid_every=10)
+
+    def interrupt_at_15(step):
+        if step == 15:
+            raise KeyboardInterrupt
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(digits, tmp_path / "resumed", steps=30, valid_every=10, schedules={"beta": interrupt_at_15})
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["train_state"]["step"] == 10
+    resumed, _, result = _train(digits, tmp_path / "resumed", steps=30, valid_every=10)
+    assert result.last_step == 30
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    with open(tmp_path / "resumed" / "log.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert steps == list(range(1, 31))
+
+
+def test_early_stopping(digits, tmp_path):
+    _, _, result = _train(digits, tmp_path, steps=400, valid_every=5, patience=2, min_improvement=0.5)
+    with open(tmp_path / "log.csv") as f:
+        valid = [(int(r["step"]), float(r["valid_loss"])) for r in csv.DictReader(f) if r["valid_loss"]]
+    # replay the rule on the logged validations: stop at the 2nd without a 50% improvement
+    target, bad = float("inf"), 0
+    for step, loss in valid:  # noqa: B007 (step is read after the loop)
+        target, bad = (loss, 0) if loss < target * 0.5 or target == float("inf") else (target, bad + 1)
+        if bad == 2:
+            break
+    assert result.stopped_early and result.last_step == step < 400
+    assert result.best_valid == min(loss for _, loss in valid)
