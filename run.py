@@ -17,22 +17,28 @@ from pathlib import Path
 
 import pyro
 import torch
+from torch import nn
 
-from guides import GUIDES, IndependentGuide, make_guide
-from models import MODELS, PRIORS, STCN, STCNConfig, make_model
+from guides import GUIDES, make_guide
+from models import MODELS, MS_STCN_PRESETS, PRIORS, MSSTCNConfig, STCNConfig, make_model
+from models.ms_stcn import default_dilations
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import DATASETS, Splits
 from pyro_stcn.elbo import OBJECTIVES, make_objective
 from pyro_stcn.evaluate import ElboReport, evaluate_elbo
 from pyro_stcn.generate import sample_sequences
-from pyro_stcn.plots import plot_image_grids, plot_layer_kl, plot_losses, read_log
+from pyro_stcn.plots import plot_image_grids, plot_kl_bars, plot_layer_kl, plot_losses, read_log
 from pyro_stcn.reference import independent_bernoulli_nll
 from pyro_stcn.schedules import halving, linear_warmup
 from pyro_stcn.train import TrainConfig, train
 
 # The default run: small enough for 2 CPU cores in under 5 minutes.
-DIGITS_MODEL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[16, 8, 8, 4], channels=32, blocks=4, hidden=32)
+DIGITS_MODEL = STCNConfig(z_dims=[16, 8, 8, 4], channels=32, blocks=4, hidden=32)
 DIGITS_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
+# MS-STCN without --preset: paper 2's IAM-OnDB layout at CPU size.
+SMALL_MS_STCN = MSSTCNConfig(
+    strides=[1, 2, 2, 2, 1], channels=[32] * 5, z_dims=[8, 8, 8, 4, 2], dilations=default_dilations([1, 2, 2, 2, 1], 4)
+)
 
 
 def pick_device(name: str) -> torch.device:
@@ -43,12 +49,61 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(run_config: dict, device: torch.device) -> tuple[STCN, IndependentGuide]:
-    """Model, guide and objective from a run's config (as saved in config.json)."""
+def build(run_config: dict, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Model and guide from a run's config (as saved in config.json)."""
     pyro.clear_param_store()
-    model = make_model(run_config["model"], STCNConfig(**run_config["stcn"])).to(device)
+    config = MODELS[run_config["model"]](**run_config["net"])
+    model = make_model(run_config["model"], config).to(device)
     guide = make_guide(run_config["guide"], model).to(device)
     return model, guide
+
+
+def net_config(args: argparse.Namespace, model: str, data: Splits) -> STCNConfig | MSSTCNConfig:
+    """The network's sizes from the flags, a preset or the defaults; x_dim and the
+    likelihood always come from the data."""
+    from_data = {"x_dim": data.x_dim, "likelihood": data.likelihood}
+    if model != "ms-stcn":
+        for flag in ("preset", "strides", "deterministic"):
+            if getattr(args, flag):
+                sys.exit(f"error: --{flag} applies to --model ms-stcn only")
+        if args.channels and len(args.channels) > 1:
+            sys.exit(f"error: STCN has one width for all blocks; --channels got {len(args.channels)} values")
+        sizes = given(args, ["prior", "blocks", "hidden", "z_dims"])
+        if args.channels:
+            sizes["channels"] = args.channels[0]
+        return dataclasses.replace(DIGITS_MODEL, **sizes, **from_data)
+    for flag in ("prior", "hidden"):
+        if getattr(args, flag):
+            sys.exit(f"error: --{flag} applies to STCN only; MS-STCN's prior is p(z^l | h^l) with 1x1 heads")
+    base = MS_STCN_PRESETS[args.preset] if args.preset else SMALL_MS_STCN
+    strides = args.strides or base.strides
+    layers = len(strides)
+
+    def per_layer(values: list[int] | None, default: list[int], flag: str) -> list[int]:
+        if values is None and len(default) != layers:
+            source = f"preset {args.preset}" if args.preset else "default"
+            sys.exit(f"error: --strides gives {layers} layers; give {flag} too (the {source} has {len(default)})")
+        values = values or default
+        if len(values) == 1:
+            return values * layers
+        if len(values) != layers:
+            sys.exit(f"error: {flag} has {len(values)} values for {layers} layers (--strides {strides})")
+        return values
+
+    dilations = (
+        base.dilations
+        if (args.blocks, args.strides) == (None, None)
+        else default_dilations(strides, args.blocks or len(base.dilations[0]))
+    )
+    return dataclasses.replace(
+        base,
+        strides=strides,
+        channels=per_layer(args.channels, base.channels, "--channels"),
+        z_dims=per_layer(args.z_dims, base.z_dims, "--z-dims"),
+        dilations=dilations,
+        latent=not args.deterministic,
+        **from_data,
+    )
 
 
 def schedules_for(run_config: dict) -> dict:
@@ -61,17 +116,25 @@ def schedules_for(run_config: dict) -> dict:
     return {}
 
 
-def report_lines(title: str, report: ElboReport) -> list[str]:
+def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
+    """The -ELBO and, in the layout of paper 2's Table 2, the KL of each layer."""
     lines = [
         f"{title}: -ELBO = {report.per_sequence:.2f} ± {report.stderr:.2f} nats per sequence, "
-        f"{report.per_step:.4f} nats per step ({report.sequences} sequences, {report.steps} steps)",
-        "  KL per layer (nats per sequence):",
+        f"{report.per_step:.4f} nats per step ({report.sequences} sequences, {report.steps} steps)"
     ]
-    lines += [f"    {name:>4}  {kl:8.3f}" for name, kl in report.kl_per_sequence.items()]
-    return lines
+    if not report.kl_per_sequence:
+        return lines + ["no latent variables: this -ELBO is the exact negative log-likelihood"]
+    names = sorted(report.kl_per_sequence, key=lambda n: int(n.split("_")[1]))
+    kls = [report.kl_per_sequence[n] for n in names]
+    return lines + [
+        "KL of each latent layer, nats per sequence (bottom layer first):",
+        "| model | " + " | ".join(names) + " | total |",
+        "|---" * (len(names) + 2) + "|",
+        f"| {model} | " + " | ".join(f"{kl:.3f}" for kl in kls) + f" | {sum(kls):.3f} |",
+    ]
 
 
-STCN_FLAGS = ["prior", "channels", "blocks", "hidden", "z_dims"]
+NET_FLAGS = ["prior", "channels", "blocks", "hidden", "z_dims", "preset", "strides"]
 TRAIN_FLAGS = ["steps", "batch_size", "lr", "seed", "valid_every"]
 RUN_DEFAULTS = {
     "data": "digits",
@@ -95,7 +158,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             sys.exit(f"error: --resume {run_dir}: no config.json there, so it is not a run directory")
-        changed = set(given(args, [*STCN_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out"])) - {"steps"}
+        changed = set(given(args, [*NET_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out"])) - {"steps"}
+        changed |= {"deterministic"} if args.deterministic else set()
         if changed:
             flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(changed))
             sys.exit(
@@ -107,14 +171,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             run_config["train"]["steps"] = args.steps
             config_path.write_text(json.dumps(run_config, indent=2))
     else:
-        stcn = dataclasses.replace(DIGITS_MODEL, **given(args, STCN_FLAGS))
-        train_config = dataclasses.replace(DIGITS_TRAIN, **given(args, TRAIN_FLAGS))
-        run_config = {
-            **RUN_DEFAULTS,
-            **given(args, RUN_DEFAULTS),
-            "stcn": dataclasses.asdict(stcn),
-            "train": dataclasses.asdict(train_config),
-        }
+        run_config = {**RUN_DEFAULTS, **given(args, RUN_DEFAULTS)}
+        net = net_config(args, run_config["model"], DATASETS[run_config["data"]]())
+        run_config["net"] = dataclasses.asdict(net)
+        run_config["train"] = dataclasses.asdict(dataclasses.replace(DIGITS_TRAIN, **given(args, TRAIN_FLAGS)))
         name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(args.out or f"runs/{name}")
         if (run_dir / "last.pt").exists():
@@ -127,10 +187,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
     model, guide = build(run_config, device)
     objective = make_objective(run_config["objective"])
+    prior = f" and the {run_config['net']['prior']} prior" if "prior" in run_config["net"] else ""
+    size = sum(p.numel() for m in (model, guide) for p in m.parameters())
     print(
-        f"training {run_config['model']} with the {run_config['guide']} guide and the "
-        f"{run_config['stcn']['prior']} prior on {run_config['data']} ({len(data.train)} train sequences) "
-        f"by {run_config['objective']} on {device}; run directory {run_dir}"
+        f"training {run_config['model']} ({size:,} parameters) with the {run_config['guide']} guide{prior} "
+        f"on {run_config['data']} ({len(data.train)} train sequences) by {run_config['objective']} on {device}; "
+        f"run directory {run_dir}"
     )
     result = train(
         model.model,
@@ -152,11 +214,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
     test = evaluate_elbo(model.model, guide, data.test, device=device)
-    reference = independent_bernoulli_nll(data.train, data.test)
-    lines = report_lines("test", test) + [
-        f"reference: independent-Bernoulli pixels fitted on the training split: "
-        f"NLL = {reference:.2f} nats per sequence on the same test split",
-    ]
+    lines, reference = report_lines("test", test, run_config["model"]), None
+    if data.likelihood == "bernoulli":
+        reference = independent_bernoulli_nll(data.train, data.test)
+        lines.append(
+            f"reference: independent-Bernoulli pixels fitted on the training split: "
+            f"NLL = {reference:.2f} nats per sequence on the same test split"
+        )
     print("\n".join(lines))
     (run_dir / "results.txt").write_text("\n".join(lines) + "\n")
 
@@ -167,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote {run_dir}/: config.json, best.pt, last.pt, log.csv, results.txt, loss.png, kl.png, samples.png")
 
 
-def write_samples(model: STCN, data: Splits, path: Path, num: int, device: torch.device) -> None:
+def write_samples(model: nn.Module, data: Splits, path: Path, num: int, device: torch.device) -> None:
     real = torch.stack(data.test[:num])
     steps, x_dim = real.shape[1:]
     generated = sample_sequences(model.model, num, steps, x_dim, device=device)
@@ -175,7 +239,7 @@ def write_samples(model: STCN, data: Splits, path: Path, num: int, device: torch
     plot_image_grids({"generated": generated, "real test digits": real}, side, path)
 
 
-def load_run(run_dir: str, device: torch.device) -> tuple[dict, STCN, IndependentGuide]:
+def load_run(run_dir: str, device: torch.device) -> tuple[dict, nn.Module, nn.Module]:
     ckpt = load_checkpoint(Path(run_dir) / "best.pt", device)
     run_config = ckpt["run_config"]
     model, guide = build(run_config, device)
@@ -190,7 +254,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     run_config, model, guide = load_run(args.run, device)
     data = DATASETS[run_config["data"]]()
     report = evaluate_elbo(model.model, guide, getattr(data, args.split), device=device, seed=args.seed)
-    print("\n".join(report_lines(f"{run_config['model']} on {run_config['data']}, {args.split} split", report)))
+    title = f"{run_config['model']} on {run_config['data']}, {args.split} split"
+    print("\n".join(report_lines(title, report, run_config["model"])))
+    if report.kl_per_sequence:
+        path = Path(args.run) / f"kl-{args.split}.png"
+        plot_kl_bars(report.kl_per_sequence, f"{title}: KL of each layer", path)
+        print(f"wrote {path}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -200,6 +269,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     path = Path(args.out or Path(args.run) / "samples.png")
     write_samples(model, DATASETS[run_config["data"]](), path, num=args.num, device=device)
     print(f"wrote {path}")
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,2,2, got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -220,12 +296,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--valid-every", type=int)
-    t.add_argument("--channels", type=int, help="filters of every Wavenet block")
-    t.add_argument("--blocks", type=int, help="K, blocks per layer (dilations 1..2^(K-1))")
-    t.add_argument("--hidden", type=int, help="width of the prior, posterior and output nets")
+    t.add_argument("--channels", type=int_list, help="filters per layer (STCN: one width), e.g. 64 or 96,128,192")
+    t.add_argument("--blocks", type=int, help="Wavenet blocks per layer (STCN: dilations 1..2^(K-1))")
+    t.add_argument("--hidden", type=int, help="STCN: width of the prior, posterior and output nets")
     t.add_argument(
-        "--z-dims", type=lambda s: [int(v) for v in s.split(",")], help="latent sizes bottom to top, e.g. 16,8,8,4"
+        "--z-dims", type=int_list, help="latent sizes bottom to top, e.g. 16,8,8,4 (MS-STCN: or one for all)"
     )
+    t.add_argument("--preset", choices=list(MS_STCN_PRESETS), help="MS-STCN: a configuration of paper 2, app. A.1")
+    t.add_argument("--strides", type=int_list, help="MS-STCN: stride of each layer, e.g. 1,2,2,2,1")
+    t.add_argument("--deterministic", action="store_true", help="MS-STCN: no latent variables (paper 2's control)")
     t.add_argument("--out", help="run directory (default runs/MODEL-GUIDE-TIME)")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,16 +1,30 @@
-"""Pyro guides for STCN: the precision-weighted ladder and the independent posterior."""
+"""Pyro guides for STCN and MS-STCN: the precision-weighted ladder and the independent posterior."""
 
-from guides.independent import IndependentGuide
-from guides.ladder import LadderGuide, precision_weighted
-from models.stcn import STCN
+from torch import nn
+
+from guides.independent import IndependentGuide, MultiscaleIndependentGuide
+from guides.ladder import LadderGuide, MultiscaleLadderGuide, precision_weighted
+from models.ms_stcn import MSSTCN
 from pyro_stcn.choices import choose
 
-GUIDES = {"ladder": LadderGuide, "independent": IndependentGuide}
+GUIDES = {  # name -> (guide for STCN, guide for MS-STCN)
+    "ladder": (LadderGuide, MultiscaleLadderGuide),
+    "independent": (IndependentGuide, MultiscaleIndependentGuide),
+}
 
 
-def make_guide(name: str, model: STCN) -> IndependentGuide:
-    """The guide called ``name`` (ladder or independent) for ``model``."""
-    return choose(GUIDES, name, "guide")(model)
+def make_guide(name: str, model: nn.Module) -> nn.Module:
+    """The guide called ``name`` (ladder or independent) for an STCN or an MS-STCN."""
+    for_stcn, for_ms_stcn = choose(GUIDES, name, "guide")
+    return for_ms_stcn(model) if isinstance(model, MSSTCN) else for_stcn(model)
 
 
-__all__ = ["GUIDES", "IndependentGuide", "LadderGuide", "make_guide", "precision_weighted"]
+__all__ = [
+    "GUIDES",
+    "IndependentGuide",
+    "LadderGuide",
+    "MultiscaleIndependentGuide",
+    "MultiscaleLadderGuide",
+    "make_guide",
+    "precision_weighted",
+]

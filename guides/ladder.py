@@ -6,6 +6,8 @@ For each layer, top-down (paper 1, eq. 13; Sønderby et al. 2016):
     (μ_p, σ_p) = prior(l, d_prev^l_t, z^{l+1}_t)       the model's prior, same z^{l+1}
     τ = σ^-2,   μ_q = (μ̂ τ̂ + μ_p τ_p) / (τ̂ + τ_p),   σ_q = (τ̂ + τ_p)^(-1/2)
 
+For MS-STCN the estimate is N(Conv1x1([h^l, d^l])) and the prior p(z^l | h^l).
+
 References:
     [1] Aksan & Hilliges, "STCN", ICLR 2019.
     [2] Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016.
@@ -13,7 +15,8 @@ References:
 
 from torch import Tensor
 
-from guides.independent import IndependentGuide
+from guides.independent import IndependentGuide, MultiscaleIndependentGuide
+from models.ms_stcn import MSFeatures
 from pyro_stcn.wavenet import Features
 
 
@@ -36,3 +39,11 @@ class LadderGuide(IndependentGuide):
         loc_hat, scale_hat = super().posterior(layer, feats, z_above)
         loc_p, scale_p = self.stcn.prior(layer, feats.d_prev[layer], z_above)
         return precision_weighted(loc_hat, scale_hat, loc_p, scale_p)
+
+
+class MultiscaleLadderGuide(MultiscaleIndependentGuide):
+    """The independent estimate precision-weighted with the prior p(z^l | h^l)."""
+
+    def posterior(self, layer: int, h: Tensor, feats: MSFeatures) -> tuple[Tensor, Tensor]:
+        loc_hat, scale_hat = super().posterior(layer, h, feats)
+        return precision_weighted(loc_hat, scale_hat, *self.ms_stcn.prior[layer](h))

@@ -1,18 +1,35 @@
-"""Pyro generative models: STCN and STCN-dense, and their swappable priors."""
+"""Pyro generative models: STCN and STCN-dense, MS-STCN, and their swappable priors."""
 
 import dataclasses
 
+from models.ms_stcn import MSSTCN, MSSTCNConfig
+from models.ms_stcn_presets import MS_STCN_PRESETS
 from models.priors import PRIORS, DynamicPrior, StandardPrior
 from models.stcn import STCN, STCNConfig
 from pyro_stcn.choices import choose
 
-MODELS = {"stcn": False, "stcn-dense": True}  # name -> dense
+MODELS = {"stcn": STCNConfig, "stcn-dense": STCNConfig, "ms-stcn": MSSTCNConfig}  # name -> its config
 
 
-def make_model(name: str, config: STCNConfig) -> STCN:
-    """STCN (``stcn``) or STCN-dense (``stcn-dense``) with the sizes in ``config``."""
-    dense = choose(MODELS, name, "model")
-    return STCN(dataclasses.replace(config, dense=dense))
+def make_model(name: str, config: STCNConfig | MSSTCNConfig) -> STCN | MSSTCN:
+    """STCN (``stcn``), STCN-dense (``stcn-dense``) or MS-STCN (``ms-stcn``)."""
+    config_class = choose(MODELS, name, "model")
+    if not isinstance(config, config_class):
+        raise ValueError(f"model {name!r} is built from an {config_class.__name__}, got {type(config).__name__}")
+    if name == "ms-stcn":
+        return MSSTCN(config)
+    return STCN(dataclasses.replace(config, dense=name == "stcn-dense"))
 
 
-__all__ = ["MODELS", "PRIORS", "STCN", "STCNConfig", "DynamicPrior", "StandardPrior", "make_model"]
+__all__ = [
+    "MODELS",
+    "MS_STCN_PRESETS",
+    "MSSTCN",
+    "MSSTCNConfig",
+    "PRIORS",
+    "STCN",
+    "STCNConfig",
+    "DynamicPrior",
+    "StandardPrior",
+    "make_model",
+]

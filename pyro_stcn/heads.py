@@ -42,14 +42,14 @@ def layer_heads(channels: int, z_dims: list[int], hidden: int) -> nn.ModuleList:
 class GaussianHead(nn.Module):
     """(μ, σ) of a diagonal Gaussian from ``[batch, time, in_dim]`` features.
 
-    μ and σ come from separate nets, as in the authors' code (paper 1, appendix 6.1:
-    two 1x1 convs with ReLU, then a 1x1 head).
+    μ and σ come from separate nets, as in the authors' code: ``layers`` 1x1 convs with
+    ReLU, then a 1x1 head (paper 1, appendix 6.1: two; MS-STCN: none, a 1x1 head alone).
     """
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int = 2):
         super().__init__()
-        self.loc = mlp(in_dim, hidden, out_dim)
-        self.scale = mlp(in_dim, hidden, out_dim)
+        self.loc = mlp(in_dim, hidden, out_dim, layers)
+        self.scale = mlp(in_dim, hidden, out_dim, layers)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.loc(h), bounded_softplus(self.scale(h))

@@ -49,11 +49,27 @@ def plot_layer_kl(log: dict[str, list[float]], path: str | Path) -> None:
     """KL of each latent layer (moving average) against step: a collapsed layer
     sits at zero."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in sorted(k for k in log if k.startswith("kl_")):
+    names = sorted((k for k in log if k.startswith("kl_")), key=lambda k: int(k.split("_")[-1]))
+    for name in names:
         smooth, width = _smooth(log[name], 50)
         ax.plot(log["step"][width - 1 :], smooth, label=name[3:])
     ax.set(xlabel="step", ylabel="KL (nats per sequence)", title="KL of each latent layer")
-    ax.legend()
+    if names:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no latent variables", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_kl_bars(kl: dict[str, float], title: str, path: str | Path) -> None:
+    """KL of each latent layer as bars, bottom layer first: a collapsed layer has none."""
+    names = sorted(kl, key=lambda n: int(n.split("_")[1]))
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    bars = ax.bar(names, [kl[n] for n in names], color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f")
+    ax.set(ylabel="KL (nats per sequence)", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -62,10 +78,10 @@ def plot_layer_kl(log: dict[str, list[float]], path: str | Path) -> None:
 def plot_image_grids(panels: dict[str, Tensor], side: int, path: str | Path, cols: int = 8) -> None:
     """Side-by-side grids of images; each panel is ``[n, side * side]`` or
     ``[n, side * side, 1]`` in raster order."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    rows = -(-max(len(images) for images in panels.values()) // cols)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2 * rows / cols + 0.5))
     for ax, (title, images) in zip(axes if len(panels) > 1 else [axes], panels.items()):
         images = images.reshape(len(images), side, side).cpu()
-        rows = -(-len(images) // cols)
         canvas = torch.ones(rows * (side + 1) + 1, cols * (side + 1) + 1) * 0.5
         for i, img in enumerate(images):
             r, c = divmod(i, cols)

@@ -178,7 +178,8 @@ def train(
             else:
                 log.write(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.2f}", kl=f"{row['kl']:.2f}", best_valid=f"{state['best_valid']:.2f}")
+            best = f"{state['best_valid']:.2f}" if state["best_step"] else "-"
+            bar.set_postfix(loss=f"{row['loss']:.2f}", kl=f"{row['kl']:.2f}", best_valid=best, refresh=False)
     except KeyboardInterrupt:
         saved = load_checkpoint(last)["train_state"]["step"] if last.exists() else 0
         tqdm.write(f"interrupted at step {state['step']}; resuming {run_dir} continues from step {saved}")

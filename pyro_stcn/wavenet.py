@@ -22,23 +22,57 @@ from pyro_stcn.masks import zero_padding
 
 
 class GatedBlock(nn.Module):
-    """One residual gated block [2]: ``y = res(x) + W_o (tanh(W_f * x) ⊙ σ(W_g * x))``.
+    """One residual gated block [2]:
 
-    ``*`` is a causal convolution with kernel 2 and the given dilation: output t sees
-    inputs t - dilation and t. ``res`` is a 1x1 conv where the channel count changes.
-    Shapes are ``[batch, channels, time]``, as for ``nn.Conv1d``.
+        y = skip(x) + W_o (tanh(a_f) ⊙ σ(a_g)),   [a_f; a_g] = conv([x; c])
+
+    ``conv`` is one of these (shapes ``[batch, channels, time]``):
+
+    - causal (default): kernel ``kernel``, ``dilation``, left padding only, so output t
+      sees inputs t - dilation·(kernel-1) .. t; ``kernel=1`` is a 1x1 conv;
+    - ``down=s``: kernel s, stride s; output k sees exactly inputs ks .. ks+s-1, and
+      ``skip`` is their average (the authors summed them with weights 1/sqrt(s));
+    - ``up=s``: transposed, kernel s, stride s; outputs ks .. ks+s-1 see exactly input
+      k, and ``skip`` repeats it s times (nearest neighbour).
+
+    ``c`` is an optional conditioning input (``cond_channels``, at the input's
+    resolution). ``skip`` ends in a 1x1 conv where the channel count changes.
     """
 
-    def __init__(self, in_channels: int, channels: int, dilation: int):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        kernel: int = 2,
+        dilation: int = 1,
+        down: int = 1,
+        up: int = 1,
+        cond_channels: int = 0,
+    ):
         super().__init__()
-        self.dilation = dilation
-        self.conv = nn.Conv1d(in_channels, 2 * channels, kernel_size=2, dilation=dilation)
+        conv_in, conv_out = in_channels + cond_channels, 2 * channels
+        self.down, self.up, self.pad = down, up, 0
+        if down > 1:
+            self.conv = nn.Conv1d(conv_in, conv_out, kernel_size=down, stride=down)
+        elif up > 1:
+            self.conv = nn.ConvTranspose1d(conv_in, conv_out, kernel_size=up, stride=up)
+        else:
+            self.pad = dilation * (kernel - 1)
+            self.conv = nn.Conv1d(conv_in, conv_out, kernel_size=kernel, dilation=dilation)
         self.out = nn.Conv1d(channels, channels, kernel_size=1)
         self.res = nn.Identity() if in_channels == channels else nn.Conv1d(in_channels, channels, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        filt, gate = self.conv(F.pad(x, (self.dilation, 0))).chunk(2, dim=1)
-        return self.res(x) + self.out(torch.tanh(filt) * torch.sigmoid(gate))
+    def skip(self, x: Tensor) -> Tensor:
+        if self.down > 1:
+            x = F.avg_pool1d(x, self.down)
+        if self.up > 1:
+            x = x.repeat_interleave(self.up, dim=-1)
+        return self.res(x)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        inputs = x if cond is None else torch.cat([x, cond], dim=1)
+        filt, gate = self.conv(F.pad(inputs, (self.pad, 0))).chunk(2, dim=1)
+        return self.skip(x) + self.out(torch.tanh(filt) * torch.sigmoid(gate))
 
 
 class Features(NamedTuple):
@@ -55,7 +89,10 @@ class Wavenet(nn.Module):
         super().__init__()
         self.groups = nn.ModuleList(
             nn.Sequential(
-                *(GatedBlock(x_dim if (l == 0 and k == 0) else channels, channels, 2**k) for k in range(blocks))
+                *(
+                    GatedBlock(x_dim if (l == 0 and k == 0) else channels, channels, dilation=2**k)
+                    for k in range(blocks)
+                )
             )
             for l in range(layers)
         )

@@ -21,7 +21,7 @@ def test_train_writes_the_run_directory(trained):
     for name in ("config.json", "best.pt", "last.pt", "log.csv", "results.txt", "loss.png", "kl.png", "samples.png"):
         assert (trained / name).stat().st_size > 0, name
     config = json.loads((trained / "config.json").read_text())
-    assert config["model"] == "stcn-dense" and config["guide"] == "ladder" and config["stcn"]["z_dims"] == [4, 2]
+    assert config["model"] == "stcn-dense" and config["guide"] == "ladder" and config["net"]["z_dims"] == [4, 2]
     results = (trained / "results.txt").read_text()
     assert "nats per sequence" in results and "independent-Bernoulli" in results
 
@@ -30,7 +30,8 @@ def test_evaluate_prints_elbo_and_layer_kl(trained, capsys):
     run.main(["evaluate", "--run", str(trained), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "test split: -ELBO = " in out and "nats per step" in out
-    assert "z_1" in out and "z_2" in out
+    assert "| stcn-dense | " in out and "| z_1 | z_2 | total |" in out
+    assert (trained / "kl-test.png").stat().st_size > 0
 
 
 def test_sample_writes_a_png(trained, tmp_path):
@@ -63,3 +64,35 @@ def test_cuda_without_a_gpu_says_so():
 def test_missing_run_directory(tmp_path, capsys):
     with pytest.raises(SystemExit, match=f"no checkpoint at {tmp_path}/best.pt"):
         run.main(["evaluate", "--run", str(tmp_path), "--device", "cpu"])
+
+
+MS_TOY = ["--model", "ms-stcn", "--strides", "1,2,2", "--channels", "8", "--z-dims", "2", "--blocks", "2"]
+
+
+@pytest.mark.parametrize("extra", [["--guide", "independent", "--objective", "linear-free-bits"], ["--deterministic"]])
+def test_ms_stcn_trains_and_reports_each_layer(extra, tmp_path, capsys):
+    out = tmp_path / "ms"
+    run.main(["train", *MS_TOY, *extra, "--steps", "4", "--valid-every", "2", "--out", str(out), "--no-progress"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["net"]["strides"] == [1, 2, 2] and config["net"]["channels"] == [8, 8, 8]
+    run.main(["evaluate", "--run", str(out), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    if "--deterministic" in extra:
+        assert "exact negative log-likelihood" in printed
+    else:
+        assert "| ms-stcn | " in printed and "| z_1 | z_2 | z_3 | total |" in printed
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "ms-stcn", "--prior", "standard"], "--prior applies to STCN only"),
+        (["--model", "stcn", "--preset", "iamondb"], "--preset applies to --model ms-stcn only"),
+        (["--model", "ms-stcn", "--strides", "1,2", "--channels", "4", "--z-dims", "1,2,3"], "--z-dims has 3 values"),
+        (["--model", "ms-stcn", "--strides", "1,2"], "--strides gives 2 layers; give --channels too"),
+        (["--model", "stcn", "--channels", "8,16"], "STCN has one width for all blocks"),
+    ],
+)
+def test_inconsistent_flags_are_refused(args, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        run.main(["train", *args, "--out", str(tmp_path / "x"), "--no-progress"])

@@ -23,22 +23,24 @@ def pad_batch(sequences: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class Splits:
-    """Train, validation and test sequences of one dataset."""
+    """Train, validation and test sequences of one dataset, and the likelihood that
+    suits its values (a name from ``pyro_stcn.likelihoods.LIKELIHOODS``)."""
 
     train: list[Tensor]
     valid: list[Tensor]
     test: list[Tensor]
+    likelihood: str
 
     @property
     def x_dim(self) -> int:
         return self.train[0].shape[-1]
 
 
-def split(sequences: Sequence[Tensor], valid: int, test: int, seed: int = 0) -> Splits:
+def split(sequences: Sequence[Tensor], valid: int, test: int, likelihood: str, seed: int = 0) -> Splits:
     """A fixed random split: the same ``seed`` always gives the same three sets."""
     order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed)).tolist()
     picked = [sequences[i] for i in order]
-    return Splits(train=picked[valid + test :], valid=picked[:valid], test=picked[valid : valid + test])
+    return Splits(picked[valid + test :], picked[:valid], picked[valid : valid + test], likelihood)
 
 
 def batches(sequences: Sequence[Tensor], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

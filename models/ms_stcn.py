@@ -1,0 +1,214 @@
+"""MS-STCN: the multiscale STCN of paper 2, as a Pyro model.
+
+L layers, layer l with stride s_l, running at time resolution T / Π_{i<=l} s_i. T is
+padded on the right to a multiple of Π s_i and the padding masked.
+
+Bottom-up (deterministic, shared with the guide):
+
+    d^1 = Wavenet(x),   d^l = Wavenet^D(d^{l-1})     first block downsamples by s_l
+
+Top-down, for l = L..1 (paper 2, eq. 5-9):
+
+    h^L = Wavenet1x1(Delay(d^L)),   h^l = Wavenet1x1([g^l, Delay(d^l)])
+    z^l ~ p(z^l | h^l) = N(Conv1x1(h^l), softplus(Conv1x1(h^l)))    σ clamped to [1e-3, 5]
+    g^{l-1} = CondWavenet1x1^Up(h^l, z^l)                            last block upsamples by s_l
+
+and x ~ p(x | Conv1x1(g^0)). Delay shifts d^l one step at its own resolution, so the
+prior at coarse step k sees only fine steps < k Π s_i: generation stays causal.
+
+Sites: ``z_L`` ... ``z_1``, each ``Normal(...).to_event(1).mask(mask_l)`` of shape
+``[batch, T_l, z_l]`` under the batch plate (dim -2) and the layer's own time plate
+``time_l`` (dim -1); then ``x`` ``[batch, T_pad, x_dim]`` under the plate ``time``.
+A coarse step is real when any fine step it covers is. With ``latent=False`` there are
+no latent sites: the "w/o latent variables" control, a deterministic network.
+
+References:
+    [1] Andersson, Wahlström & Schön, "Multiscale STCN", 2021.
+    [2] Aksan & Hilliges, "STCN", ICLR 2019.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pyro_stcn.checks import check_batch
+from pyro_stcn.handoff import FeatureHandoff
+from pyro_stcn.heads import GaussianHead
+from pyro_stcn.likelihoods import make_likelihood
+from pyro_stcn.masks import coarse_masks, pad_to_multiple, zero_padding
+from pyro_stcn.params import register
+from pyro_stcn.wavenet import GatedBlock
+
+
+@dataclass
+class MSSTCNConfig:
+    """Sizes of an MS-STCN, one entry per layer, bottom (l = 1) first."""
+
+    x_dim: int = 1
+    likelihood: str = "gmm"
+    components: int = 10
+    strides: list[int] = field(default_factory=lambda: [1, 2, 2, 2, 1])
+    channels: list[int] = field(default_factory=lambda: [256] * 5)
+    z_dims: list[int] = field(default_factory=lambda: [64] * 5)
+    # Bottom-up dilations per layer; a layer with stride > 1 downsamples in its first block.
+    dilations: list[list[int]] = field(default_factory=lambda: [[1] * 5] * 4 + [[1, 2, 4, 8, 16]])
+    top_down_blocks: int = 2
+    latent: bool = True
+
+    def __post_init__(self):
+        sizes = {"strides": self.strides, "channels": self.channels, "z_dims": self.z_dims, "dilations": self.dilations}
+        if len({len(v) for v in sizes.values()}) != 1:
+            given = ", ".join(f"{k} has {len(v)}" for k, v in sizes.items())
+            raise ValueError(f"MS-STCN needs one entry per layer in every list; {given}")
+        if any(s < 1 for s in self.strides):
+            raise ValueError(f"strides must be positive integers, got {self.strides}")
+
+
+@dataclass
+class MSFeatures:
+    """What the guide computes once and hands to the model."""
+
+    x: Tensor  # [batch, T_pad, x_dim], padded with zeros
+    mask: Tensor  # [batch, T_pad]
+    masks: list[Tensor]  # [batch, T_l] per layer
+    d: list[Tensor]  # bottom-up features [batch, channels_l, T_l] per layer
+    top_down: "TopDown | None" = None  # the guide's top-down pass, for the model to reuse
+
+
+@dataclass
+class TopDown:
+    """One top-down pass: h and z per layer (index l, bottom first) and g^{l-1} per layer."""
+
+    h: dict[int, Tensor] = field(default_factory=dict)
+    z: dict[int, Tensor | None] = field(default_factory=dict)
+    g: dict[int, Tensor] = field(default_factory=dict)
+
+
+def default_dilations(strides: list[int], blocks: int) -> list[list[int]]:
+    """Paper 2's rule for bottom-up dilations: 1, 2, 4, ... in every layer of a model
+    without downsampling; otherwise all 1 except 1, 2, 4, ... in the top layer."""
+    dilated = [2**k for k in range(blocks)]
+    if all(s == 1 for s in strides):
+        return [dilated] * len(strides)
+    return [[1] * blocks] * (len(strides) - 1) + [dilated]
+
+
+def delay(d: Tensor) -> Tensor:
+    """Shift ``[batch, channels, time]`` one step later, a zero step first."""
+    return F.pad(d, (1, 0))[..., :-1]
+
+
+class CondStack(nn.Module):
+    """Gated 1x1 blocks conditioned on z; the last one upsamples by ``stride``."""
+
+    def __init__(self, channels: int, out_channels: int, z_dim: int, blocks: int, stride: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [GatedBlock(channels, channels, kernel=1, cond_channels=z_dim) for _ in range(blocks - 1)]
+            + [GatedBlock(channels, out_channels, kernel=1, up=stride, cond_channels=z_dim)]
+        )
+
+    def forward(self, h: Tensor, z: Tensor | None) -> Tensor:
+        for block in self.blocks:
+            h = block(h, z)
+        return h
+
+
+class MSSTCN(nn.Module):
+    """MS-STCN; :meth:`model` is the Pyro model, :meth:`top_down` the pass the guide shares."""
+
+    def __init__(self, config: MSSTCNConfig):
+        super().__init__()
+        self.config = c = config
+        inputs = [c.x_dim] + c.channels[:-1]
+        self.bottom_up = nn.ModuleList(
+            nn.ModuleList(
+                [GatedBlock(n_in, ch, down=s) if s > 1 else GatedBlock(n_in, ch, dilation=dil[0])]
+                + [GatedBlock(ch, ch, dilation=d) for d in dil[1:]]
+            )
+            for n_in, ch, s, dil in zip(inputs, c.channels, c.strides, c.dilations)
+        )
+        top = len(c.strides) - 1
+        self.h_nets = nn.ModuleList(
+            nn.Sequential(
+                GatedBlock(ch * (1 if l == top else 2), ch, kernel=1),
+                *(GatedBlock(ch, ch, kernel=1) for _ in range(c.top_down_blocks - 1)),
+            )
+            for l, ch in enumerate(c.channels)
+        )
+        z_dims = c.z_dims if c.latent else [0] * len(c.z_dims)
+        self.up_nets = nn.ModuleList(
+            CondStack(ch, out, z, c.top_down_blocks, s)
+            for ch, out, z, s in zip(c.channels, [c.channels[0]] + c.channels[:-1], z_dims, c.strides)
+        )
+        self.prior = nn.ModuleList(GaussianHead(ch, ch, z, layers=0) for ch, z in zip(c.channels, c.z_dims))
+        mixture = {"components": c.components} if c.likelihood in ("gmm", "handwriting") else {}
+        self.likelihood = make_likelihood(c.likelihood, c.channels[0], c.x_dim, **mixture)
+        self.features = FeatureHandoff(self.bottom_up_features, self)
+
+    @property
+    def layers(self) -> int:
+        return len(self.config.strides)
+
+    @property
+    def total_stride(self) -> int:
+        return int(torch.tensor(self.config.strides).prod())
+
+    def bottom_up_features(self, x: Tensor, mask: Tensor) -> MSFeatures:
+        check_batch(x, mask, self.config.x_dim)
+        x, mask = pad_to_multiple(zero_padding(x, mask), mask, self.total_stride)
+        d, h = [], x.transpose(1, 2)
+        for layer in self.bottom_up:
+            for block in layer:
+                h = block(h)
+            d.append(h)
+        return MSFeatures(x=x, mask=mask, masks=coarse_masks(mask, self.config.strides), d=d)
+
+    def plates(self, feats: MSFeatures) -> tuple[pyro.plate, pyro.plate, list[pyro.plate]]:
+        """The batch plate, the fine ``time`` plate and one ``time_l`` plate per layer."""
+        batch, time = feats.mask.shape
+        plates = [pyro.plate(f"time_{l + 1}", feats.d[l].shape[-1], dim=-1) for l in range(self.layers)]
+        return pyro.plate("batch", batch, dim=-2), pyro.plate("time", time, dim=-1), plates
+
+    def top_down(
+        self, feats: MSFeatures, sample: Callable[[int, Tensor], Tensor | None], reuse: TopDown | None = None
+    ) -> TopDown:
+        """Run h^L .. g^0, drawing z^l = ``sample(l, h^l)`` (``h^l`` as ``[batch, T_l, C_l]``).
+
+        ``reuse`` is a pass made with the same features: while ``sample`` returns its very
+        z tensors (as under Pyro's replay), its h and g are taken instead of recomputed.
+        """
+        out, g, same = TopDown(), None, reuse is not None
+        for l in reversed(range(self.layers)):
+            delayed = delay(feats.d[l])
+            h = reuse.h[l] if same else self.h_nets[l](delayed if g is None else torch.cat([g, delayed], dim=1))
+            z = sample(l, h.transpose(-1, -2))
+            same = same and z is reuse.z[l]
+            g = reuse.g[l] if same else self.up_nets[l](h, None if z is None else z.transpose(-1, -2))
+            out.h[l], out.z[l], out.g[l] = h, z, g
+        return out
+
+    def prior_dist(self, l: int, h: Tensor, mask: Tensor) -> dist.TorchDistribution:
+        return dist.Normal(*self.prior[l](h)).to_event(1).mask(mask)
+
+    def model(self, x: Tensor, mask: Tensor) -> None:
+        """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
+        register("ms_stcn", self)
+        feats = self.features.for_model(x, mask)
+        batch_plate, time_plate, time_plates = self.plates(feats)
+
+        def sample(l: int, h: Tensor) -> Tensor | None:
+            if not self.config.latent:
+                return None
+            with batch_plate, time_plates[l]:
+                return pyro.sample(f"z_{l + 1}", self.prior_dist(l, h, feats.masks[l]))
+
+        g0 = self.top_down(feats, sample, reuse=feats.top_down).g[0]
+        with batch_plate, time_plate:
+            p_x = self.likelihood(g0.transpose(1, 2)).mask(feats.mask)
+            pyro.sample("x", p_x, obs=feats.x)
