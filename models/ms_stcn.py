@@ -27,6 +27,7 @@ References:
     [2] Aksan & Hilliges, "STCN", ICLR 2019.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -147,8 +148,7 @@ class MSSTCN(nn.Module):
             for ch, out, z, s in zip(c.channels, [c.channels[0]] + c.channels[:-1], z_dims, c.strides)
         )
         self.prior = nn.ModuleList(GaussianHead(ch, ch, z, layers=0) for ch, z in zip(c.channels, c.z_dims))
-        mixture = {"components": c.components} if c.likelihood in ("gmm", "handwriting") else {}
-        self.likelihood = make_likelihood(c.likelihood, c.channels[0], c.x_dim, **mixture)
+        self.likelihood = make_likelihood(c.likelihood, c.channels[0], c.x_dim, c.components)
         self.features = FeatureHandoff(self.bottom_up_features, self)
 
     @property
@@ -157,7 +157,7 @@ class MSSTCN(nn.Module):
 
     @property
     def total_stride(self) -> int:
-        return int(torch.tensor(self.config.strides).prod())
+        return math.prod(self.config.strides)
 
     def bottom_up_features(self, x: Tensor, mask: Tensor) -> MSFeatures:
         check_batch(x, mask, self.config.x_dim)

@@ -62,8 +62,7 @@ class STCN(nn.Module):
         self.prior = make_prior(c.prior, c.channels, c.z_dims, c.hidden)
         out_dim = sum(c.z_dims) if c.dense else c.z_dims[0]
         self.output = nn.Sequential(mlp(out_dim, c.hidden, c.hidden, layers=c.output_layers - 1), nn.ReLU())
-        mixture = {"components": c.components} if c.likelihood in ("gmm", "handwriting") else {}
-        self.likelihood = make_likelihood(c.likelihood, c.hidden, c.x_dim, **mixture)
+        self.likelihood = make_likelihood(c.likelihood, c.hidden, c.x_dim, c.components)
         self.features = FeatureHandoff(self.trunk_features, self.trunk)
 
     @property

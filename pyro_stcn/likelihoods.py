@@ -124,6 +124,10 @@ LIKELIHOODS = {
 }
 
 
-def make_likelihood(name: str, in_dim: int, x_dim: int, **kwargs) -> Likelihood:
-    """The likelihood head called ``name``; a clear error lists the valid names."""
-    return choose(LIKELIHOODS, name, "likelihood")(in_dim, x_dim, **kwargs)
+def make_likelihood(name: str, in_dim: int, x_dim: int, components: int) -> Likelihood:
+    """The likelihood head called ``name``; ``components`` applies to the mixtures
+    (gmm, handwriting). A clear error lists the valid names."""
+    likelihood = choose(LIKELIHOODS, name, "likelihood")
+    if likelihood in (GMMLikelihood, HandwritingLikelihood):
+        return likelihood(in_dim, x_dim, components=components)
+    return likelihood(in_dim, x_dim)

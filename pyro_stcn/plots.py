@@ -69,6 +69,7 @@ def plot_kl_bars(kl: dict[str, float], title: str, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     bars = ax.bar(names, [kl[n] for n in names], color="tab:blue")
     ax.bar_label(bars, fmt="%.2f")
+    ax.margins(y=0.15)  # room for the labels
     ax.set(ylabel="KL (nats per sequence)", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -9,16 +9,16 @@ from pyro_stcn.likelihoods import PenStroke, diagonal_gmm, make_likelihood
 N = 200_000
 
 
-def _head(name, x_dim, **kw):
+def _head(name, x_dim, components=3):
     torch.manual_seed(0)
-    head = make_likelihood(name, in_dim=4, x_dim=x_dim, **kw)
+    head = make_likelihood(name, in_dim=4, x_dim=x_dim, components=components)
     with torch.no_grad():
         return head(torch.randn(1, 1, 4))  # batch [1, 1]
 
 
-@pytest.mark.parametrize("name,kw", [("gaussian", {}), ("gmm", {"components": 3})])
-def test_one_dimensional_densities_integrate_to_one(name, kw):
-    d = _head(name, 1, **kw)
+@pytest.mark.parametrize("name", ["gaussian", "gmm"])
+def test_one_dimensional_densities_integrate_to_one(name):
+    d = _head(name, 1)
     grid = torch.linspace(-40, 40, 400_001).reshape(-1, 1, 1, 1)
     density = d.log_prob(grid).exp().squeeze()
     assert float(torch.trapezoid(density, grid.squeeze())) == pytest.approx(1.0, abs=1e-4)
@@ -87,7 +87,7 @@ def test_handwriting_samples_match_parameters():
 
 
 def test_observation_scales_are_clamped():
-    head = make_likelihood("gaussian", in_dim=1, x_dim=1)
+    head = make_likelihood("gaussian", in_dim=1, x_dim=1, components=1)
     with torch.no_grad():
         head.proj.bias.copy_(torch.tensor([0.0, -100.0]))
         assert float(head(torch.zeros(1, 1, 1)).base_dist.scale) == pytest.approx(1e-3)
@@ -97,7 +97,7 @@ def test_observation_scales_are_clamped():
 
 def test_unknown_likelihood_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown likelihood 'poisson'; valid: bernoulli, gaussian, gmm, handwriting"):
-        make_likelihood("poisson", 4, 1)
+        make_likelihood("poisson", 4, 1, components=1)
 
 
 def test_precision_weighting_is_the_product_of_two_gaussians():
