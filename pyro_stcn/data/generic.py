@@ -1,0 +1,39 @@
+"""Generic data: an npz of variable-length sequences.
+
+Layout: ``data`` holds all sequences one after another, ``[total_steps, x_dim]``, and
+``lengths`` the length of each, ``[num_sequences]`` (summing to ``total_steps``). This
+ragged layout needs no pickling: ``np.load(..., allow_pickle=False)`` reads it.
+
+    np.savez("mine.npz", data=np.concatenate(seqs), lengths=[len(s) for s in seqs])
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyro_stcn.data.errors import DataError, check_finite
+
+
+def load_npz_sequences(path: str | Path) -> list[Tensor]:
+    """The sequences of an npz in the layout above, each ``[time_i, x_dim]`` float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; expected an npz with arrays 'data' and 'lengths'")
+    with np.load(path, allow_pickle=False) as npz:
+        missing = [k for k in ("data", "lengths") if k not in npz.files]
+        if missing:
+            raise DataError(f"{path}: no array {missing[0]!r}; expected 'data' and 'lengths', found {npz.files}")
+        data, lengths = npz["data"], npz["lengths"]
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2:
+        raise DataError(f"{path}: 'data' has shape {data.shape}; expected [total_steps, x_dim]")
+    if lengths.ndim != 1 or (lengths < 1).any() or lengths.sum() != len(data):
+        raise DataError(
+            f"{path}: 'lengths' must be positive and sum to the {len(data)} rows of 'data'; "
+            f"got shape {lengths.shape}, sum {int(lengths.sum())}"
+        )
+    check_finite(data, f"{path}, array 'data'")
+    return [torch.as_tensor(s, dtype=torch.float32) for s in np.split(data, np.cumsum(lengths)[:-1])]

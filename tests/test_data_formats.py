@@ -1,0 +1,186 @@
+"""Each loader reads a small file written here in the real format, with exact values
+checked by hand, and refuses bad input with a message naming the file."""
+
+import struct
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_stcn.data.errors import DataError
+from pyro_stcn.data.generic import load_npz_sequences
+from pyro_stcn.data.iamondb import load_line_strokes_dir, read_line_strokes
+from pyro_stcn.data.idx import read_idx
+from pyro_stcn.data.wav import frame_segments, load_wav_dir, read_wav, trim_silence
+
+# --- generic npz ------------------------------------------------------------------
+
+
+def test_npz_sequences(tmp_path):
+    path = tmp_path / "mine.npz"
+    np.savez(path, data=np.arange(10, dtype=np.float64).reshape(5, 2), lengths=np.array([2, 3]))
+    first, second = load_npz_sequences(path)
+    assert torch.equal(first, torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+    assert torch.equal(second, torch.tensor([[4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]))
+
+
+def test_npz_without_the_expected_key(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, values=np.zeros((3, 1)), lengths=np.array([3]))
+    with pytest.raises(DataError, match=r"bad.npz: no array 'data'; expected 'data' and 'lengths', found \["):
+        load_npz_sequences(path)
+
+
+def test_npz_with_nan_or_bad_lengths(tmp_path):
+    path = tmp_path / "nan.npz"
+    data = np.zeros((4, 2))
+    data[2, 1] = np.nan
+    np.savez(path, data=data, lengths=np.array([4]))
+    with pytest.raises(DataError, match=r"nan.npz, array 'data': NaN or inf at index \(2, 1\)"):
+        load_npz_sequences(path)
+    np.savez(path, data=np.zeros((4, 2)), lengths=np.array([3]))
+    with pytest.raises(DataError, match="must be positive and sum to the 4 rows"):
+        load_npz_sequences(path)
+
+
+# --- IDX --------------------------------------------------------------------------
+
+
+def _idx(path, array, magic=b"\x00\x00\x08"):
+    header = magic + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_images(tmp_path):
+    images = np.arange(12).reshape(2, 2, 3)
+    _idx(tmp_path / "t10k-images-idx3-ubyte", images)
+    out = read_idx(tmp_path / "t10k-images-idx3-ubyte")
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8 and (out == images).all()
+
+
+def test_idx_wrong_magic_and_truncated(tmp_path):
+    path = tmp_path / "x-idx3-ubyte"
+    _idx(path, np.zeros((2, 2, 2)), magic=b"\x00\x00\x0d")  # 0x0D = float, not unsigned byte
+    with pytest.raises(DataError, match=r"x-idx3-ubyte: magic number 0x00000d03 is not IDX unsigned-byte data"):
+        read_idx(path)
+    _idx(path, np.zeros((2, 2, 2)))
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(DataError, match=r"5 data bytes, but the header's shape \(2, 2, 2\) needs 8"):
+        read_idx(path)
+
+
+# --- wav --------------------------------------------------------------------------
+
+
+def _wav(path, samples, rate=8000, channels=1, width=2):
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(channels)
+        f.setsampwidth(width)
+        f.setframerate(rate)
+        f.writeframes(np.asarray(samples, dtype=f"<i{width}").tobytes())
+
+
+def test_wav_is_trimmed_segmented_and_framed_into_consecutive_samples(tmp_path):
+    rate = 1000  # 0.5 s = 500 samples
+    loud = (np.arange(1100) % 200 + 400).astype(np.int16)  # never quieter than the threshold
+    samples = np.concatenate([np.zeros(30), loud, np.zeros(70)]).astype(np.int16)
+    (tmp_path / "a").mkdir()
+    _wav(tmp_path / "a" / "one.wav", samples, rate=rate)
+    seqs = load_wav_dir(tmp_path, fw=200)
+    # 1100 loud samples -> two 0.5 s segments of 500; each -> 2 frames of 200 (100 dropped)
+    assert len(seqs) == 2 and seqs[0].shape == (2, 200)
+    expected = loud[:1000].reshape(2, 500)[:, :400].reshape(2, 2, 200) / 32768.0
+    torch.testing.assert_close(torch.stack(seqs), torch.tensor(expected, dtype=torch.float32))
+    assert seqs[0][0, 1] == loud[1] / 32768.0  # step 0 holds samples 0..199, in order
+
+
+def test_bad_wavs(tmp_path):
+    _wav(tmp_path / "stereo.wav", np.zeros(20), channels=2)
+    with pytest.raises(DataError, match="stereo.wav: 2 channels; expected mono"):
+        read_wav(tmp_path / "stereo.wav")
+    _wav(tmp_path / "wide.wav", np.zeros(20), width=4)
+    with pytest.raises(DataError, match="wide.wav: 32-bit samples; expected 16-bit"):
+        read_wav(tmp_path / "wide.wav")
+    _wav(tmp_path / "empty.wav", np.zeros(0))
+    with pytest.raises(DataError, match=r"empty.wav: empty \(0 samples\)"):
+        read_wav(tmp_path / "empty.wav")
+    (tmp_path / "junk.wav").write_bytes(b"not a wav")
+    with pytest.raises(DataError, match="junk.wav: not a readable wav file"):
+        read_wav(tmp_path / "junk.wav")
+
+
+@pytest.mark.parametrize("fw", [0, -2, 2.5, "25", True])
+def test_frame_width_must_be_a_positive_integer(fw):
+    with pytest.raises(DataError, match="frame width FW must be a positive integer"):
+        frame_segments(np.ones(8000, dtype=np.float32), 8000, fw, "x.wav")
+
+
+def test_too_short_for_a_frame_or_a_segment(tmp_path):
+    with pytest.raises(DataError, match=r"x.wav: a 0.5 s segment at 8000 Hz has 4000 samples, fewer than FW = 5000"):
+        frame_segments(np.ones(9000, dtype=np.float32), 8000, 5000, "x.wav")
+    with pytest.raises(DataError, match="x.wav: 3000 samples after trimming silence, shorter than one 0.5 s segment"):
+        frame_segments(np.ones(3000, dtype=np.float32), 8000, 200, "x.wav")
+    _wav(tmp_path / "short.wav", np.full(100, 1000), rate=1000)
+    with pytest.raises(DataError, match="every wav file is shorter than one 0.5 s segment"), pytest.warns(UserWarning):
+        load_wav_dir(tmp_path, fw=10)
+
+
+def test_trim_silence():
+    x = np.array([0.0, 0.001, 0.5, 0.0, -0.3, 0.002, 0.0], dtype=np.float32)
+    assert trim_silence(x).tolist() == pytest.approx([0.5, 0.0, -0.3])
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path}/nowhere: no such directory; expected a directory of 16-bit"):
+        load_wav_dir(tmp_path / "nowhere", fw=200)
+    with pytest.raises(DataError, match="no such directory; expected IAM-OnDB lineStrokes XML files"):
+        load_line_strokes_dir(tmp_path / "nowhere")
+
+
+# --- IAM-OnDB lineStrokes ---------------------------------------------------------
+
+TWO_STROKES = """<?xml version="1.0" encoding="ISO-8859-1"?>
+<WhiteboardCaptureSession>
+  <WhiteboardDescription><SensorLocation corner="top_left"/></WhiteboardDescription>
+  <StrokeSet>
+    <Stroke colour="black" start_time="1.0" end_time="1.2">
+      <Point x="100" y="200" time="1.00"/>
+      <Point x="103" y="198" time="1.01"/>
+      <Point x="107" y="199" time="1.02"/>
+    </Stroke>
+    <Stroke colour="black" start_time="1.5" end_time="1.6">
+      <Point x="120" y="210" time="1.50"/>
+      <Point x="121" y="215" time="1.51"/>
+    </Stroke>
+  </StrokeSet>
+</WhiteboardCaptureSession>
+"""
+
+
+def test_line_strokes_two_strokes(tmp_path):
+    path = tmp_path / "a01-000u-01.xml"
+    path.write_text(TWO_STROKES)
+    x = read_line_strokes(path)
+    # offsets from the previous point, y flipped; pen 1 at the end of each stroke
+    expected = [[0, 0, 0], [3, 2, 0], [4, -1, 1], [13, -11, 0], [1, -5, 1]]
+    assert torch.equal(x, torch.tensor(expected, dtype=torch.float32))
+    (tmp_path / "a01-000u-02.xml").write_text(TWO_STROKES)
+    assert len(load_line_strokes_dir(tmp_path)) == 2
+    assert len(load_line_strokes_dir(tmp_path, names=["a01-000u-02"])) == 1
+    with pytest.raises(DataError, match="the split list names 1 missing files, e.g. b99.xml"):
+        load_line_strokes_dir(tmp_path, names=["b99"])
+
+
+def test_line_strokes_without_strokes_or_with_a_malformed_point(tmp_path):
+    path = tmp_path / "empty.xml"
+    path.write_text("<WhiteboardCaptureSession><StrokeSet></StrokeSet></WhiteboardCaptureSession>")
+    with pytest.raises(DataError, match=r"empty.xml: no <Stroke> elements under <StrokeSet>"):
+        read_line_strokes(path)
+    path = tmp_path / "bad.xml"
+    path.write_text(TWO_STROKES.replace('x="121"', 'x="12o"'))
+    with pytest.raises(DataError, match=r"bad.xml: stroke 1, point 1 has attributes .*expected numeric x and y"):
+        read_line_strokes(path)
+    path.write_text("<WhiteboardCaptureSession><StrokeSet>")
+    with pytest.raises(DataError, match="bad.xml: not readable XML"):
+        read_line_strokes(path)
