@@ -90,11 +90,10 @@ def net_config(args: argparse.Namespace, model: str, data: Splits) -> STCNConfig
             sys.exit(f"error: {flag} has {len(values)} values for {layers} layers (--strides {strides})")
         return values
 
-    dilations = (
-        base.dilations
-        if (args.blocks, args.strides) == (None, None)
-        else default_dilations(strides, args.blocks or len(base.dilations[0]))
-    )
+    # A preset's own dilations stand unless the layers or their block count change.
+    same_layout = strides == base.strides and args.blocks in (None, len(base.dilations[0]))
+    dilations = base.dilations if same_layout else default_dilations(strides, args.blocks or len(base.dilations[0]))
+
     return dataclasses.replace(
         base,
         strides=strides,

@@ -70,7 +70,8 @@ class MultiscaleIndependentGuide(nn.Module):
         super().__init__()
         self._ms_stcn = (ms_stcn,)  # a tuple keeps the model's parameters out of this module
         c = ms_stcn.config
-        self.estimate = nn.ModuleList(GaussianHead(2 * ch, ch, z, layers=0) for ch, z in zip(c.channels, c.z_dims))
+        heads = zip(c.channels, c.z_dims) if c.latent else []
+        self.estimate = nn.ModuleList(GaussianHead(2 * ch, ch, z, layers=0) for ch, z in heads)
 
     @property
     def ms_stcn(self) -> MSSTCN:

@@ -14,7 +14,9 @@ Top-down, for l = L..1 (paper 2, eq. 5-9):
     g^{l-1} = CondWavenet1x1^Up(h^l, z^l)                            last block upsamples by s_l
 
 and x ~ p(x | Conv1x1(g^0)). Delay shifts d^l one step at its own resolution, so the
-prior at coarse step k sees only fine steps < k Π s_i: generation stays causal.
+prior at coarse step k sees only fine steps < k Π s_i: generation stays causal. (With
+s_1 > 1 the output at t sees x only up to the start of its layer-1 block; every preset
+has s_1 = 1.)
 
 Sites: ``z_L`` ... ``z_1``, each ``Normal(...).to_event(1).mask(mask_l)`` of shape
 ``[batch, T_l, z_l]`` under the batch plate (dim -2) and the layer's own time plate
@@ -57,7 +59,7 @@ class MSSTCNConfig:
     channels: list[int] = field(default_factory=lambda: [256] * 5)
     z_dims: list[int] = field(default_factory=lambda: [64] * 5)
     # Bottom-up dilations per layer; a layer with stride > 1 downsamples in its first block.
-    dilations: list[list[int]] = field(default_factory=lambda: [[1] * 5] * 4 + [[1, 2, 4, 8, 16]])
+    dilations: list[list[int]] = field(default_factory=lambda: [[1] * 5] * 5)
     top_down_blocks: int = 2
     latent: bool = True
 
@@ -91,8 +93,9 @@ class TopDown:
 
 
 def default_dilations(strides: list[int], blocks: int) -> list[list[int]]:
-    """Paper 2's rule for bottom-up dilations: 1, 2, 4, ... in every layer of a model
-    without downsampling; otherwise all 1 except 1, 2, 4, ... in the top layer."""
+    """Bottom-up dilations as paper 2 sets them for FW=25, FW=2 and IAM-OnDB: 1, 2, 4, ...
+    in every layer of a model without downsampling; otherwise all 1 except 1, 2, 4, ...
+    in the top layer. (Its FW=200 multiscale model has all 1 even at the top.)"""
     dilated = [2**k for k in range(blocks)]
     if all(s == 1 for s in strides):
         return [dilated] * len(strides)
@@ -147,7 +150,8 @@ class MSSTCN(nn.Module):
             CondStack(ch, out, z, c.top_down_blocks, s)
             for ch, out, z, s in zip(c.channels, [c.channels[0]] + c.channels[:-1], z_dims, c.strides)
         )
-        self.prior = nn.ModuleList(GaussianHead(ch, ch, z, layers=0) for ch, z in zip(c.channels, c.z_dims))
+        heads = zip(c.channels, c.z_dims) if c.latent else []
+        self.prior = nn.ModuleList(GaussianHead(ch, ch, z, layers=0) for ch, z in heads)
         self.likelihood = make_likelihood(c.likelihood, c.channels[0], c.x_dim, c.components)
         self.features = FeatureHandoff(self.bottom_up_features, self)
 
@@ -188,6 +192,11 @@ class MSSTCN(nn.Module):
             delayed = delay(feats.d[l])
             h = reuse.h[l] if same else self.h_nets[l](delayed if g is None else torch.cat([g, delayed], dim=1))
             z = sample(l, h.transpose(-1, -2))
+            if z is not None and z.dim() > 3:
+                raise NotImplementedError(
+                    "MS-STCN draws one particle at a time: use num_particles without vectorize_particles, "
+                    "and Predictive(parallel=False)"
+                )
             same = same and z is reuse.z[l]
             g = reuse.g[l] if same else self.up_nets[l](h, None if z is None else z.transpose(-1, -2))
             out.h[l], out.z[l], out.g[l] = h, z, g

@@ -1,6 +1,7 @@
 """MS-STCN: causality at every stride setting, shapes and masks, the ELBO against a
 hand computation, the deterministic control, per-layer KL, and the shared passes."""
 
+import math
 import warnings
 
 import pyro
@@ -45,10 +46,12 @@ def _at(fn, k):
 
 @pytest.mark.parametrize("strides", STRIDES, ids=str)
 def test_causal_at_every_stride(strides):
-    """The prior of layer l at coarse step k sees only fine steps < k Π_{i<=l} s_i; the
-    output at fine step t only steps < t. T = 23 is a multiple of none of the strides."""
+    """The prior of layer l at coarse step k sees fine steps up to k Π_{i<=l} s_i - 1 and
+    none after; the output at fine step t sees x_{t-1} and nothing from t on. T is two
+    top-layer blocks plus 3, so never a multiple of the total stride."""
     model = make_model("ms-stcn", tiny_ms(strides))
-    T = 23
+    total = math.prod(strides)
+    T = 2 * total + 3
     x, mask = ragged_batch((T, T))
     x.requires_grad_(True)
     trace = poutine.trace(model.model).get_trace(x, mask)
@@ -56,13 +59,40 @@ def test_causal_at_every_stride(strides):
     for l, s in enumerate(strides):
         covers *= s
         fn = trace.nodes[f"z_{l + 1}"]["fn"]
-        for k in range(fn.batch_shape[-1]):
+        steps = fn.batch_shape[-1]
+        for k in sorted({0, 1, steps // 2, steps - 1}):
             grad = _grad_by_step(_at(fn, k), x)
             assert grad[k * covers :].sum() == 0, f"layer {l + 1}, coarse step {k} sees fine steps >= {k * covers}"
-    for t in range(T):
+            if 0 < k * covers < T:  # a real coarse step after the first
+                assert grad[k * covers - 1] > 0, f"layer {l + 1}, coarse step {k} misses fine step {k * covers - 1}"
+    s1 = strides[0]
+    for t in sorted({0, 1, total - 1, total, T - 1}):
         grad = _grad_by_step(_at(trace.nodes["x"]["fn"], t), x)
-        assert grad[t:].sum() == 0, f"output at {t} sees x at steps >= {t}"
-    assert _grad_by_step(_at(trace.nodes["x"]["fn"], T - 1), x)[T - 2] > 0  # and it does see the past
+        # x_t's own bottom block of s_1 steps is hidden from it: it sees x up to that block's start
+        seen = t // s1 * s1
+        assert grad[seen:].sum() == 0, f"output at {t} sees x at steps >= {seen}"
+        if seen > 0:
+            assert grad[seen - 1] > 0, f"output at {t} misses x_{seen - 1}"
+
+
+@pytest.mark.parametrize("guide_name", ["independent", "ladder"])
+def test_posterior_reach(guide_name):
+    """q(z^l) at coarse step k reads d^l undelayed, so it sees its own block's last fine
+    step, and through the draws of the layers above nothing past the end of the top
+    layer's block (4 fine steps here)."""
+    model = make_model("ms-stcn", tiny_ms([1, 2, 2]))
+    guide = make_guide(guide_name, model)
+    x, mask = ragged_batch((16, 16))
+    x.requires_grad_(True)
+    trace = poutine.trace(guide).get_trace(x, mask)
+    for l, covers in enumerate([1, 2, 4]):
+        fn = trace.nodes[f"z_{l + 1}"]["fn"]
+        for k in (0, 1, fn.batch_shape[-1] - 2):
+            own_end = (k + 1) * covers - 1
+            top_end = (k * covers // 4 + 1) * 4 - 1
+            grad = _grad_by_step(_at(fn, k), x)
+            assert grad[own_end] > 0, f"q(z_{l + 1}) at {k} misses fine step {own_end}"
+            assert grad[top_end + 1 :].sum() == 0, f"q(z_{l + 1}) at {k} sees past fine step {top_end}"
 
 
 @pytest.mark.parametrize("strides", [[1, 2, 2, 2, 1], [1, 5, 5, 4, 1]], ids=str)
@@ -183,6 +213,7 @@ def test_deterministic_control():
     # its -ELBO is the exact NLL: the same on every evaluation, with no KL
     losses = {LayerwiseELBO().loss(model.model, guide, x, mask) for _ in range(3)}
     assert len(losses) == 1
+    assert len(model.prior) == 0 and sum(p.numel() for p in guide.parameters()) == 0
     report = evaluate_elbo(model.model, guide, [x[0], x[1, :5]], seed=None)
     assert report.kl_per_sequence == {}
 
@@ -264,3 +295,23 @@ def test_presets_are_paper_2_appendix_a1():
 def test_mismatched_layer_lists_are_refused():
     with pytest.raises(ValueError, match="one entry per layer in every list; strides has 3, channels has 2"):
         tiny_ms([1, 2, 2], channels=[4, 4])
+
+
+def test_vectorised_particles_are_refused_clearly():
+    model = make_model("ms-stcn", tiny_ms([1, 2]))
+    guide = make_guide("independent", model)
+    x, mask = ragged_batch((8, 5))
+    elbo = TraceMeanField_ELBO(num_particles=3, vectorize_particles=True)
+    with pytest.raises(NotImplementedError, match="MS-STCN draws one particle at a time"):
+        elbo.loss(model.model, guide, x, mask)
+    assert TraceMeanField_ELBO(num_particles=3).loss(model.model, guide, x, mask) > 0
+
+
+def test_sampling_end_to_end():
+    """Generated sequences: the requested shape, finite, and different across draws."""
+    from pyro_stcn.generate import sample_sequences
+
+    model = make_model("ms-stcn", tiny_ms([1, 2, 3]))
+    samples = sample_sequences(model.model, 3, 13, 2)
+    assert samples.shape == (3, 13, 2) and torch.isfinite(samples).all()
+    assert not torch.allclose(samples[0], samples[1])
