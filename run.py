@@ -27,6 +27,7 @@ from pyro_stcn.data import DATASETS, Splits
 from pyro_stcn.elbo import OBJECTIVES, make_objective
 from pyro_stcn.evaluate import ElboReport, evaluate_elbo
 from pyro_stcn.generate import sample_sequences
+from pyro_stcn.normalise import Standardisation
 from pyro_stcn.plots import plot_image_grids, plot_kl_bars, plot_layer_kl, plot_losses, read_log
 from pyro_stcn.reference import independent_bernoulli_nll
 from pyro_stcn.schedules import halving, linear_warmup
@@ -59,9 +60,10 @@ def build(run_config: dict, device: torch.device) -> tuple[nn.Module, nn.Module]
 
 
 def net_config(args: argparse.Namespace, model: str, data: Splits) -> STCNConfig | MSSTCNConfig:
-    """The network's sizes from the flags, a preset or the defaults; x_dim and the
-    likelihood always come from the data."""
-    from_data = {"x_dim": data.x_dim, "likelihood": data.likelihood}
+    """The network's sizes from the flags, a preset or the defaults; x_dim, the
+    likelihood and the input standardisation always come from the data."""
+    units = Standardisation.fit(data.train, data.likelihood)  # training split only
+    from_data = {"x_dim": data.x_dim, "likelihood": data.likelihood, "shift": units.shift, "scale": units.scale}
     if model != "ms-stcn":
         for flag in ("preset", "strides", "deterministic"):
             if getattr(args, flag):

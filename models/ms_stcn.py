@@ -44,6 +44,7 @@ from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import GaussianHead
 from pyro_stcn.likelihoods import make_likelihood
 from pyro_stcn.masks import coarse_masks, pad_to_multiple, zero_padding
+from pyro_stcn.normalise import standardisation
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import GatedBlock
 
@@ -62,6 +63,9 @@ class MSSTCNConfig:
     dilations: list[list[int]] = field(default_factory=lambda: [[1] * 5] * 5)
     top_down_blocks: int = 2
     latent: bool = True
+    # Training-split statistics; the nets see (x - shift) / scale (pyro_stcn.normalise).
+    shift: list[float] | None = None
+    scale: list[float] | None = None
 
     def __post_init__(self):
         sizes = {"strides": self.strides, "channels": self.channels, "z_dims": self.z_dims, "dilations": self.dilations}
@@ -76,7 +80,7 @@ class MSSTCNConfig:
 class MSFeatures:
     """What the guide computes once and hands to the model."""
 
-    x: Tensor  # [batch, T_pad, x_dim], padded with zeros
+    x: Tensor  # [batch, T_pad, x_dim] in data units, padded with zeros
     mask: Tensor  # [batch, T_pad]
     masks: list[Tensor]  # [batch, T_l] per layer
     d: list[Tensor]  # bottom-up features [batch, channels_l, T_l] per layer
@@ -153,6 +157,7 @@ class MSSTCN(nn.Module):
         heads = zip(c.channels, c.z_dims) if c.latent else []
         self.prior = nn.ModuleList(GaussianHead(ch, ch, z, layers=0) for ch, z in heads)
         self.likelihood = make_likelihood(c.likelihood, c.channels[0], c.x_dim, c.components)
+        self.units = standardisation(c.x_dim, c.shift, c.scale)
         self.features = FeatureHandoff(self.bottom_up_features, self)
 
     @property
@@ -166,7 +171,7 @@ class MSSTCN(nn.Module):
     def bottom_up_features(self, x: Tensor, mask: Tensor) -> MSFeatures:
         check_batch(x, mask, self.config.x_dim)
         x, mask = pad_to_multiple(zero_padding(x, mask), mask, self.total_stride)
-        d, h = [], x.transpose(1, 2)
+        d, h = [], zero_padding(self.units.normalise(x), mask).transpose(1, 2)
         for layer in self.bottom_up:
             for block in layer:
                 h = block(h)
@@ -219,5 +224,5 @@ class MSSTCN(nn.Module):
 
         g0 = self.top_down(feats, sample, reuse=feats.top_down).g[0]
         with batch_plate, time_plate:
-            p_x = self.likelihood(g0.transpose(1, 2)).mask(feats.mask)
+            p_x = self.units.to_data_units(self.likelihood(g0.transpose(1, 2)), like=g0).mask(feats.mask)
             pyro.sample("x", p_x, obs=feats.x)

@@ -31,6 +31,7 @@ from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import mlp
 from pyro_stcn.likelihoods import make_likelihood
 from pyro_stcn.masks import zero_padding
+from pyro_stcn.normalise import standardisation
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import Features, Wavenet
 
@@ -49,6 +50,9 @@ class STCNConfig:
     hidden: int = 256  # width of the prior, posterior and output 1x1 nets
     output_layers: int = 2  # 1x1 conv + ReLU layers before the likelihood head
     components: int = 20  # mixture components, for the gmm and handwriting likelihoods
+    # Training-split statistics; the nets see (x - shift) / scale (pyro_stcn.normalise).
+    shift: list[float] | None = None
+    scale: list[float] | None = None
 
 
 class STCN(nn.Module):
@@ -63,6 +67,7 @@ class STCN(nn.Module):
         out_dim = sum(c.z_dims) if c.dense else c.z_dims[0]
         self.output = nn.Sequential(mlp(out_dim, c.hidden, c.hidden, layers=c.output_layers - 1), nn.ReLU())
         self.likelihood = make_likelihood(c.likelihood, c.hidden, c.x_dim, c.components)
+        self.units = standardisation(c.x_dim, c.shift, c.scale)
         self.features = FeatureHandoff(self.trunk_features, self.trunk)
 
     @property
@@ -71,12 +76,13 @@ class STCN(nn.Module):
 
     def trunk_features(self, x: Tensor, mask: Tensor) -> Features:
         check_batch(x, mask, self.config.x_dim)
-        return self.trunk(x, mask)
+        return self.trunk(self.units.normalise(x), mask)
 
     def observation(self, zs: list[Tensor]) -> dist.TorchDistribution:
-        """p(x_t | ·) from the latents ``zs`` (bottom first), each ``[batch, time, z_l]``."""
+        """p(x_t | ·) in data units from the latents ``zs`` (bottom first), each
+        ``[batch, time, z_l]``."""
         h = torch.cat(zs, dim=-1) if self.config.dense else zs[0]
-        return self.likelihood(self.output(h))
+        return self.units.to_data_units(self.likelihood(self.output(h)), like=h)
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
