@@ -28,7 +28,15 @@ from pyro_stcn.elbo import OBJECTIVES, make_objective
 from pyro_stcn.evaluate import ElboReport, evaluate_elbo
 from pyro_stcn.generate import sample_sequences
 from pyro_stcn.normalise import Standardisation
-from pyro_stcn.plots import plot_image_grids, plot_kl_bars, plot_layer_kl, plot_losses, read_log
+from pyro_stcn.plots import (
+    plot_image_grids,
+    plot_kl_bars,
+    plot_layer_kl,
+    plot_losses,
+    plot_strokes,
+    plot_waveforms,
+    read_log,
+)
 from pyro_stcn.reference import independent_bernoulli_nll
 from pyro_stcn.schedules import halving, linear_warmup
 from pyro_stcn.train import TrainConfig, train
@@ -159,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             sys.exit(f"error: --resume {run_dir}: no config.json there, so it is not a run directory")
-        changed = set(given(args, [*NET_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out"])) - {"steps"}
+        changed = set(given(args, [*NET_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out", "fw", "data_dir"])) - {"steps"}
         changed |= {"deterministic"} if args.deterministic else set()
         if changed:
             flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(changed))
@@ -173,7 +181,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             config_path.write_text(json.dumps(run_config, indent=2))
     else:
         run_config = {**RUN_DEFAULTS, **given(args, RUN_DEFAULTS)}
-        net = net_config(args, run_config["model"], DATASETS[run_config["data"]]())
+        run_config["data_args"] = data_args(args, run_config["data"])
+        net = net_config(args, run_config["model"], load_data(run_config))
         run_config["net"] = dataclasses.asdict(net)
         run_config["train"] = dataclasses.asdict(dataclasses.replace(DIGITS_TRAIN, **given(args, TRAIN_FLAGS)))
         name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -184,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
 
     device = pick_device(args.device)
-    data = DATASETS[run_config["data"]]()
+    data = load_data(run_config)
     pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
     model, guide = build(run_config, device)
     objective = make_objective(run_config["objective"])
@@ -233,11 +242,37 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def write_samples(model: nn.Module, data: Splits, path: Path, num: int, device: torch.device) -> None:
-    real = torch.stack(data.test[:num])
+    """Generated sequences beside real test ones, drawn in the data's own form."""
+    if data.likelihood != "bernoulli":
+        num = min(num, 6)  # strokes and waveforms need room
+    real = torch.stack([s[: len(data.test[0])] for s in data.test[:num] if len(s) >= len(data.test[0])])
     steps, x_dim = real.shape[1:]
-    generated = sample_sequences(model.model, num, steps, x_dim, device=device)
-    side = int(steps**0.5)
-    plot_image_grids({"generated": generated, "real test digits": real}, side, path)
+    generated = sample_sequences(model.model, len(real), steps, x_dim, device=device)
+    panels = {"generated": generated, "real test": real}
+    if data.likelihood == "handwriting":
+        plot_strokes(panels, path)
+    elif data.likelihood == "bernoulli" and int(steps**0.5) ** 2 == steps * x_dim:
+        plot_image_grids(panels, int(steps**0.5), path)
+    else:
+        plot_waveforms(panels, path)
+
+
+def load_data(run_config: dict) -> Splits:
+    """The run's data set, with its options (``--fw``, ``--data-dir``)."""
+    return DATASETS[run_config["data"]](**run_config.get("data_args", {}))
+
+
+DATA_OPTIONS = {"speech": {"fw", "directory"}, "lasa": {"directory"}}  # what each built-in set takes
+
+
+def data_args(args: argparse.Namespace, data: str) -> dict:
+    options = {"fw": args.fw, "directory": args.data_dir}
+    chosen = {k: v for k, v in options.items() if v is not None}
+    wrong = set(chosen) - DATA_OPTIONS.get(data, set())
+    if wrong:
+        flag = "--fw" if "fw" in wrong else "--data-dir"
+        sys.exit(f"error: {flag} does not apply to --data {data}")
+    return chosen
 
 
 def load_run(run_dir: str, device: torch.device) -> tuple[dict, nn.Module, nn.Module]:
@@ -253,7 +288,7 @@ def load_run(run_dir: str, device: torch.device) -> tuple[dict, nn.Module, nn.Mo
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     run_config, model, guide = load_run(args.run, device)
-    data = DATASETS[run_config["data"]]()
+    data = load_data(run_config)
     report = evaluate_elbo(model.model, guide, getattr(data, args.split), device=device, seed=args.seed)
     title = f"{run_config['model']} on {run_config['data']}, {args.split} split"
     print("\n".join(report_lines(title, report, run_config["model"])))
@@ -268,7 +303,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     run_config, model, guide = load_run(args.run, device)
     torch.manual_seed(args.seed)
     path = Path(args.out or Path(args.run) / "samples.png")
-    write_samples(model, DATASETS[run_config["data"]](), path, num=args.num, device=device)
+    write_samples(model, load_data(run_config), path, num=args.num, device=device)
     print(f"wrote {path}")
 
 
@@ -285,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model by SVI")
     t.add_argument("--data", choices=list(DATASETS), help="dataset (default digits)")
+    t.add_argument("--fw", type=int, help="speech: frame width, samples per step (default 200)")
+    t.add_argument("--data-dir", help="speech, lasa: read the files from here instead")
     t.add_argument("--model", choices=list(MODELS), help="default stcn-dense")
     t.add_argument("--guide", choices=list(GUIDES), help="default ladder")
     t.add_argument("--prior", choices=list(PRIORS), help="default dynamic")

@@ -38,7 +38,9 @@ def plot_losses(log: dict[str, list[float]], path: str | Path, baseline: float |
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", label="independent-Bernoulli reference")
     ax.set(xlabel="step", ylabel="-ELBO (nats per sequence)", title="Loss")
-    ax.set_ylim(top=2 * max(log["valid_loss"][:1] + [baseline or 0]))  # the first steps dwarf the rest
+    first_valid = log["valid_loss"][:1]
+    if first_valid and first_valid[0] > 0:  # positive losses: the first steps would dwarf the rest
+        ax.set_ylim(top=2 * max(first_valid + [baseline or 0]))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -90,6 +92,45 @@ def plot_image_grids(panels: dict[str, Tensor], side: int, path: str | Path, col
         ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_strokes(panels: dict[str, Tensor], path: str | Path) -> None:
+    """Pen trajectories from ``[n, steps, 3]`` (dx, dy, pen) sequences: positions are the
+    running sums of the offsets, and the line breaks where the pen bit says it lifts."""
+    rows, cols = len(panels), max(len(v) for v in panels.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    for r, (title, seqs) in enumerate(panels.items()):
+        for c, seq in enumerate(seqs.cpu()):
+            ax = axes[r][c]
+            xy = seq[:, :2].cumsum(0)
+            ends = (seq[:, 2] > 0.5).nonzero().flatten().tolist()
+            for start, end in zip([0] + [e + 1 for e in ends], ends + [len(seq) - 1]):
+                if end >= start:
+                    ax.plot(xy[start : end + 1, 0], xy[start : end + 1, 1], lw=1, color="k")
+            ax.set_aspect("equal")
+            ax.axis("off")
+        axes[r][0].set_title(title, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_waveforms(panels: dict[str, Tensor], path: str | Path) -> None:
+    """Speech from ``[n, steps, fw]`` frames of consecutive samples, as waveforms."""
+    rows = sum(len(v) for v in panels.values())
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 0.9 * rows + 0.5), sharex=True, squeeze=False)
+    row = 0
+    for title, seqs in panels.items():
+        for i, seq in enumerate(seqs.cpu()):
+            ax = axes[row][0]
+            ax.plot(seq.flatten(), lw=0.5, color="tab:blue" if title.startswith("gen") else "tab:gray")
+            ax.set_yticks([])
+            ax.set_ylabel(f"{title} {i}", rotation=0, ha="right", fontsize=7)
+            row += 1
+    axes[-1][0].set_xlabel("sample")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

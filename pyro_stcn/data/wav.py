@@ -62,25 +62,35 @@ def frame_segments(samples: np.ndarray, rate: int, fw: int, where: str | Path) -
     return [torch.from_numpy(s.reshape(steps, fw).copy()) for s in usable]
 
 
-def load_wav_dir(directory: str | Path, fw: int) -> list[Tensor]:
-    """Every ``*.wav`` below ``directory`` (sorted by path), trimmed, segmented and framed.
-    Files shorter than one 0.5 s segment after trimming are skipped, with a warning."""
+def wav_paths(directory: str | Path) -> list[Path]:
+    """Every ``*.wav`` below ``directory``, sorted by path."""
     directory = require_dir(directory, "a directory of 16-bit mono wav files")
     paths = sorted(directory.rglob("*.wav"))
     if not paths:
         raise DataError(f"{directory}: no .wav files in it or below it")
+    return paths
+
+
+def load_wav_files(paths: list[Path], fw: int) -> list[Tensor]:
+    """The files trimmed, segmented and framed, in order. Files shorter than one 0.5 s
+    segment after trimming are skipped, with a warning."""
     sequences, short = [], []
     for path in paths:
         samples, rate = read_wav(path)
         samples = trim_silence(check_finite(samples, path))
         if len(samples) < rate * SEGMENT_SECONDS:
-            short.append(path.name)
+            short.append(path)
             continue
         sequences += frame_segments(samples, rate, fw, path)
     if short:
         warnings.warn(
-            f"{directory}: skipped {len(short)} of {len(paths)} files shorter than 0.5 s, e.g. {short[0]}", stacklevel=2
+            f"skipped {len(short)} of {len(paths)} wav files shorter than 0.5 s, e.g. {short[0]}", stacklevel=2
         )
     if not sequences:
-        raise DataError(f"{directory}: every wav file is shorter than one 0.5 s segment after trimming silence")
+        raise DataError(f"{paths[0].parent}: every wav file is shorter than one 0.5 s segment after trimming silence")
     return sequences
+
+
+def load_wav_dir(directory: str | Path, fw: int) -> list[Tensor]:
+    """Every ``*.wav`` below ``directory`` (sorted by path), trimmed, segmented and framed."""
+    return load_wav_files(wav_paths(directory), fw)
