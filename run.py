@@ -144,7 +144,7 @@ def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
 
 
 NET_FLAGS = ["prior", "channels", "blocks", "hidden", "z_dims", "preset", "strides"]
-TRAIN_FLAGS = ["steps", "batch_size", "lr", "seed", "valid_every"]
+TRAIN_FLAGS = ["steps", "batch_size", "lr", "seed", "valid_every", "crop"]
 RUN_DEFAULTS = {
     "data": "digits",
     "model": "stcn-dense",
@@ -334,6 +334,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--valid-every", type=int)
+    t.add_argument("--crop", type=int, help="train on random windows of this many steps (long sequences)")
     t.add_argument("--channels", type=int_list, help="filters per layer (STCN: one width), e.g. 64 or 96,128,192")
     t.add_argument("--blocks", type=int, help="Wavenet blocks per layer (STCN: dilations 1..2^(K-1))")
     t.add_argument("--hidden", type=int, help="STCN: width of the prior, posterior and output nets")

@@ -45,6 +45,7 @@ class TrainConfig:
     patience: int = 10  # validations without improvement before stopping
     min_improvement: float = 0.0025  # relative
     seed: int = 0
+    crop: int | None = None  # train on random windows of this many steps (evaluation sees whole sequences)
 
 
 @dataclass
@@ -133,7 +134,7 @@ def train(
         )
 
     log = _Log(run_dir / "log.csv")
-    stream = shuffled_batches(data.train, config.batch_size, config.seed, start=state["step"])
+    stream = shuffled_batches(data.train, config.batch_size, config.seed, start=state["step"], crop=config.crop)
     started = time.perf_counter() - state["seconds"]
     bar = tqdm(total=config.steps, initial=state["step"], disable=not progress, dynamic_ncols=True, desc="train")
     try:

@@ -97,3 +97,35 @@ def test_vectorized_particles_and_predictive():
     predictive = Predictive(model.model, guide=guide, num_samples=5, parallel=True, return_sites=["z_1", "z_3"])
     samples = predictive(x, mask)
     assert samples["z_1"].shape == (5, 3, 12, 4) and samples["z_3"].shape == (5, 3, 12, 2)
+
+
+def test_crop_and_pad_never_let_a_padded_step_into_the_loss():
+    """Crops of long sequences padded beside short ones: the mask covers exactly the real
+    steps, every cropped window is a real slice, and the loss equals the sum of each
+    sequence's own loss (so padded steps add nothing)."""
+    from pyro_stcn.data.batching import shuffled_batches
+
+    g = torch.Generator().manual_seed(0)
+    sequences = [torch.randn(n, 2, generator=g) for n in (30, 4, 17, 9)]
+    x, mask = next(shuffled_batches(sequences, batch_size=4, seed=0, crop=10))
+    assert sorted(mask.sum(1).tolist()) == [4, 9, 10, 10]
+    for row, m in zip(x, mask):
+        window = row[m]
+        assert any(
+            torch.equal(window, s[i : i + len(window)]) for s in sequences for i in range(len(s) - len(window) + 1)
+        )
+        assert (row[~m] == 0).all()
+    # A guide so sharp (σ = 1e-3) that its draws are its means: then the batch's -ELBO
+    # must equal the sum of each sequence's -ELBO at its own length.
+    model = make_model("stcn", tiny_config())
+    guide = make_guide("independent", model)
+    for head in guide.estimate:
+        torch.nn.init.zeros_(head.scale[-1].weight)
+        torch.nn.init.constant_(head.scale[-1].bias, -30.0)
+    elbo = TraceMeanField_ELBO()
+    with torch.no_grad():
+        whole = elbo.loss(model.model, guide, x, mask)
+        parts = [
+            elbo.loss(model.model, guide, x[i : i + 1, :n], mask[i : i + 1, :n]) for i, n in enumerate(mask.sum(1))
+        ]
+    assert whole == pytest.approx(sum(parts), rel=1e-4)

@@ -49,21 +49,39 @@ def batches(sequences: Sequence[Tensor], batch_size: int) -> Iterator[tuple[Tens
         yield pad_batch(sequences[start : start + batch_size])
 
 
+def _seeded(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
+
+
+def random_crop(sequence: Tensor, length: int, generator: torch.Generator) -> Tensor:
+    """A window of ``length`` steps at a uniformly random start; shorter sequences whole."""
+    if len(sequence) <= length:
+        return sequence
+    start = int(torch.randint(len(sequence) - length + 1, (1,), generator=generator))
+    return sequence[start : start + length]
+
+
 def shuffled_batches(
-    sequences: Sequence[Tensor], batch_size: int, seed: int, start: int = 0
+    sequences: Sequence[Tensor], batch_size: int, seed: int, start: int = 0, crop: int | None = None
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless random batches from batch number ``start`` on. Epoch e is a fixed
-    permutation drawn from (seed, e), so the stream is a function of the batch number
-    alone and a resumed run continues it exactly."""
+    permutation drawn from (seed, e), and the crops of batch b (random windows of ``crop``
+    steps, as the authors train on long handwriting) are drawn from (seed, b), so the
+    stream is a function of the batch number alone and a resumed run continues it exactly."""
     per_epoch = len(sequences) // batch_size
     if per_epoch == 0:
         raise ValueError(f"batch size {batch_size} is larger than the {len(sequences)} training sequences")
+    if crop is not None and crop < 1:
+        raise ValueError(f"crop must be a positive number of steps, got {crop}")
     step, epoch, order = start, None, []
     while True:
         if step // per_epoch != epoch:
             epoch = step // per_epoch
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
-            order = torch.randperm(len(sequences), generator=generator).tolist()
+            order = torch.randperm(len(sequences), generator=_seeded(seed, epoch)).tolist()
         i = step % per_epoch * batch_size
-        yield pad_batch([sequences[j] for j in order[i : i + batch_size]])
+        batch = [sequences[j] for j in order[i : i + batch_size]]
+        if crop is not None:
+            windows = _seeded(seed, epoch, step)
+            batch = [random_crop(s, crop, windows) for s in batch]
+        yield pad_batch(batch)
         step += 1
