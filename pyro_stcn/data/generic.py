@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_stcn.data.batching import Splits, split_held_out
 from pyro_stcn.data.errors import DataError, check_finite
 
 
@@ -37,3 +38,10 @@ def load_npz_sequences(path: str | Path) -> list[Tensor]:
         )
     check_finite(data, f"{path}, array 'data'")
     return [torch.as_tensor(s, dtype=torch.float32) for s in np.split(data, np.cumsum(lengths)[:-1])]
+
+
+def load_npz_splits(directory: str | Path, seed: int = 0) -> Splits:
+    """The sequences of the npz file ``directory`` (named so for ``--data-dir``; layout
+    above) split 80/10/10 (seeded), for a Gaussian likelihood."""
+    sequences = load_npz_sequences(directory)
+    return split_held_out(sequences, "gaussian", seed)

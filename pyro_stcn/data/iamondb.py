@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_stcn.data.batching import Splits, split_held_out
 from pyro_stcn.data.errors import DataError, check_finite, require_dir
 
 
@@ -64,3 +65,9 @@ def load_line_strokes_dir(directory: str | Path, names: list[str] | None = None)
     if missing:
         raise DataError(f"{directory}: the split list names {len(missing)} missing files, e.g. {missing[0]}.xml")
     return [read_line_strokes(paths[n]) for n in names]
+
+
+def load_iamondb_splits(directory: str | Path, seed: int = 0) -> Splits:
+    """Every lineStrokes file below ``directory``, split 80/10/10 by file (seeded)."""
+    sequences = load_line_strokes_dir(directory)
+    return split_held_out(sequences, "handwriting", seed)

