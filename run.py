@@ -167,8 +167,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             sys.exit(f"error: --resume {run_dir}: no config.json there, so it is not a run directory")
-        changed = set(given(args, [*NET_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out", "fw", "data_dir"])) - {"steps"}
-        changed |= {"deterministic"} if args.deterministic else set()
+        changed = set(given(args, [*NET_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out", "fw", "data_dir", "binarise"]))
+        changed -= {"steps"}
+        changed |= {flag for flag in ("deterministic", "dequantise") if getattr(args, flag)}
         if changed:
             flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(changed))
             sys.exit(
@@ -263,21 +264,23 @@ def load_data(run_config: dict) -> Splits:
 
 
 DATA_OPTIONS = {  # the options each data set takes; the formats need --data-dir
+    "mnist": {"binarise"},
     "speech": {"fw", "directory"},
     "lasa": {"directory"},
     "wav": {"fw", "directory"},
-    "iamondb": {"directory"},
-    "mnist-idx": {"directory"},
+    "iamondb": {"directory", "dequantise"},
+    "mnist-idx": {"directory", "binarise"},
     "npz": {"directory"},
 }
+DATA_FLAGS = {"fw": "--fw", "directory": "--data-dir", "binarise": "--binarise", "dequantise": "--dequantise"}
 
 
 def data_args(args: argparse.Namespace, data: str) -> dict:
-    chosen = {k: v for k, v in {"fw": args.fw, "directory": args.data_dir}.items() if v is not None}
-    wrong = set(chosen) - DATA_OPTIONS.get(data, set())
+    options = {"fw": args.fw, "directory": args.data_dir, "binarise": args.binarise, "dequantise": args.dequantise}
+    chosen = {k: v for k, v in options.items() if v not in (None, False)}
+    wrong = sorted(set(chosen) - DATA_OPTIONS.get(data, set()))
     if wrong:
-        flag = "--fw" if "fw" in wrong else "--data-dir"
-        sys.exit(f"error: {flag} does not apply to --data {data}")
+        sys.exit(f"error: {DATA_FLAGS[wrong[0]]} does not apply to --data {data}")
     if data in FORMATS and "directory" not in chosen:
         sys.exit(f"error: --data {data} reads your files: give --data-dir")
     return chosen
@@ -332,6 +335,10 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--fw", type=int, help="speech, wav: frame width, samples per step (default 200)")
     t.add_argument("--data-dir", help="where your files are (a directory; for npz, the file)")
+    t.add_argument(
+        "--binarise", choices=["static", "dynamic"], help="mnist, mnist-idx: training pixels (default static)"
+    )
+    t.add_argument("--dequantise", action="store_true", help="iamondb: uniform noise of width 1 on training offsets")
     t.add_argument("--model", choices=list(MODELS), help="default stcn-dense")
     t.add_argument("--guide", choices=list(GUIDES), help="default ladder")
     t.add_argument("--prior", choices=list(PRIORS), help="default dynamic")

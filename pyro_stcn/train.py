@@ -134,7 +134,9 @@ def train(
         )
 
     log = _Log(run_dir / "log.csv")
-    stream = shuffled_batches(data.train, config.batch_size, config.seed, start=state["step"], crop=config.crop)
+    stream = shuffled_batches(
+        data.train, config.batch_size, config.seed, start=state["step"], crop=config.crop, augment=data.augment
+    )
     started = time.perf_counter() - state["seconds"]
     bar = tqdm(total=config.steps, initial=state["step"], disable=not progress, dynamic_ncols=True, desc="train")
     try:

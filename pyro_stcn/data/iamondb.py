@@ -67,7 +67,17 @@ def load_line_strokes_dir(directory: str | Path, names: list[str] | None = None)
     return [read_line_strokes(paths[n]) for n in names]
 
 
-def load_iamondb_splits(directory: str | Path, seed: int = 0) -> Splits:
-    """Every lineStrokes file below ``directory``, split 80/10/10 by file (seeded)."""
-    sequences = load_line_strokes_dir(directory)
-    return split_held_out(sequences, "handwriting", seed)
+def load_iamondb_splits(directory: str | Path, seed: int = 0, dequantise: bool = False) -> Splits:
+    """Every lineStrokes file below ``directory``, split 80/10/10 by file (seeded). With
+    ``dequantise``, training offsets get fresh uniform noise of width 1 (one tablet unit)
+    in every batch; validation and test stay on the integer grid."""
+    splits = split_held_out(load_line_strokes_dir(directory), "handwriting", seed)
+    if dequantise:
+        splits.augment = dequantise_offsets
+    return splits
+
+
+def dequantise_offsets(x: Tensor, generator: torch.Generator) -> Tensor:
+    """(dx, dy, pen) with U(-1/2, 1/2) added to dx and dy."""
+    noise = torch.rand(x.shape[0], 2, generator=generator) - 0.5
+    return torch.cat([x[:, :2] + noise, x[:, 2:]], dim=1)

