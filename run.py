@@ -270,6 +270,7 @@ DATA_OPTIONS = {  # the options each data set takes; the formats need --data-dir
     "lasa": {"directory"},
     "wav": {"fw", "directory"},
     "iamondb": {"directory", "dequantise"},
+    "deepwriting": {"directory"},
     "mnist-idx": {"directory", "binarise"},
     "npz": {"directory"},
 }

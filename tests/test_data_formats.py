@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pyro_stcn.data.batching import shuffled_batches
+from pyro_stcn.data.deepwriting import load_deepwriting_splits
 from pyro_stcn.data.errors import DataError
 from pyro_stcn.data.generic import load_npz_sequences
 from pyro_stcn.data.iamondb import load_iamondb_splits, load_line_strokes_dir, read_line_strokes
@@ -330,3 +331,34 @@ def test_dequantisation_noise_on_training_offsets_only(tmp_path):
     clean = torch.stack(plain.train[:1])[0]
     delta = x[0] - clean
     assert (delta[:, :2].abs() < 0.5).all() and (delta[:, :2] != 0).all() and (delta[:, 2] == 0).all()
+
+
+# --- Deepwriting npz -------------------------------------------------------------
+
+
+def _deepwriting(path, strokes):
+    array = np.empty(len(strokes), dtype=object)
+    array[:] = strokes
+    np.savez(path, strokes=array, texts=np.array(["a"] * len(strokes)))
+
+
+def test_deepwriting_files(tmp_path):
+    strokes = [np.array([[1.0, 2.0, 0.0], [3.0, -1.0, 1.0]] * (i + 1), dtype=np.float32) for i in range(20)]
+    _deepwriting(tmp_path / "deepwriting_training.npz", strokes)
+    _deepwriting(tmp_path / "deepwriting_validation.npz", strokes[:3])
+    splits = load_deepwriting_splits(tmp_path)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (18, 2, 3)
+    assert torch.equal(splits.test[1], torch.tensor(strokes[1]))
+    assert splits.likelihood == "handwriting"
+
+
+def test_deepwriting_errors(tmp_path):
+    np.savez(tmp_path / "deepwriting_training.npz", samples=np.zeros(3))
+    np.savez(tmp_path / "deepwriting_validation.npz", samples=np.zeros(3))
+    with pytest.raises(DataError, match=r"deepwriting_training.npz: no array 'strokes'; found \['samples'\]"):
+        load_deepwriting_splits(tmp_path)
+    _deepwriting(tmp_path / "deepwriting_training.npz", [np.zeros((4, 2), dtype=np.float32)] * 3)
+    with pytest.raises(DataError, match=r"strokes\[0\] has shape \(4, 2\); expected \[points, 3\]"):
+        load_deepwriting_splits(tmp_path)
+    with pytest.raises(DataError, match="no deepwriting_training.npz"):
+        load_deepwriting_splits(tmp_path / "..")

