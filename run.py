@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from guides import GUIDES, make_guide
-from models import MODELS, MS_STCN_PRESETS, PRIORS, MSSTCNConfig, STCNConfig, make_model
+from models import MODELS, MS_STCN_LAYOUTS, PRIORS, MSSTCNConfig, STCNConfig, make_model
 from models.ms_stcn import default_dilations
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import DATASETS, FORMATS, Splits
 from pyro_stcn.elbo import OBJECTIVES, make_objective
 from pyro_stcn.evaluate import ElboReport, evaluate_elbo
 from pyro_stcn.generate import sample_sequences
+from pyro_stcn.likelihoods import LIKELIHOODS, SUITABLE
 from pyro_stcn.normalise import Standardisation
 from pyro_stcn.plots import (
     plot_image_grids,
@@ -37,6 +38,7 @@ from pyro_stcn.plots import (
     plot_waveforms,
     read_log,
 )
+from pyro_stcn.presets import PRESETS, as_flags
 from pyro_stcn.reference import independent_bernoulli_nll
 from pyro_stcn.schedules import halving, linear_warmup
 from pyro_stcn.train import TrainConfig, train
@@ -45,7 +47,7 @@ from pyro_stcn.train import TrainConfig, train
 # same sizes unless flags say otherwise.
 DEFAULT_STCN = STCNConfig(z_dims=[16, 8, 8, 4], channels=32, blocks=4, hidden=32)
 DEFAULT_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
-# MS-STCN without --preset: paper 2's IAM-OnDB layout (strides, dilations) at CPU size.
+# MS-STCN without --layout: paper 2's IAM-OnDB layout (strides, dilations) at CPU size.
 DEFAULT_MS_STCN = MSSTCNConfig(
     strides=[1, 2, 2, 2, 1], channels=[32] * 5, z_dims=[8, 8, 8, 4, 2], dilations=default_dilations([1, 2, 2, 2, 1], 4)
 )
@@ -69,30 +71,39 @@ def build(run_config: dict, device: torch.device) -> tuple[nn.Module, nn.Module]
 
 
 def net_config(args: argparse.Namespace, model: str, data: Splits) -> STCNConfig | MSSTCNConfig:
-    """The network's sizes from the flags, a preset or the defaults; x_dim, the
-    likelihood and the input standardisation always come from the data."""
-    units = Standardisation.fit(data.train, data.likelihood)  # training split only
-    from_data = {"x_dim": data.x_dim, "likelihood": data.likelihood, "shift": units.shift, "scale": units.scale}
+    """The network's sizes from the flags, a layout or the defaults; x_dim and the input
+    standardisation always come from the data, the likelihood from the data or the flag."""
+    likelihood = args.likelihood or data.likelihood
+    if likelihood not in SUITABLE[data.likelihood]:
+        sys.exit(
+            f"error: --likelihood {likelihood} does not suit --data {args.data or RUN_DEFAULTS['data']}, "
+            f"whose values call for {' or '.join(SUITABLE[data.likelihood])}"
+        )
+    units = Standardisation.fit(data.train, likelihood)  # training split only
+    from_data = {"x_dim": data.x_dim, "likelihood": likelihood, "shift": units.shift, "scale": units.scale}
     if model != "ms-stcn":
-        for flag in ("preset", "strides", "deterministic"):
+        for flag in ("layout", "strides", "deterministic"):
             if getattr(args, flag):
                 sys.exit(f"error: --{flag} applies to --model ms-stcn only")
         if args.channels and len(args.channels) > 1:
             sys.exit(f"error: STCN has one width for all blocks; --channels got {len(args.channels)} values")
-        sizes = given(args, ["prior", "blocks", "hidden", "z_dims"])
+        sizes = given(args, ["prior", "blocks", "hidden", "z_dims", "components", "output_layers"])
         if args.channels:
             sizes["channels"] = args.channels[0]
         return dataclasses.replace(DEFAULT_STCN, **sizes, **from_data)
-    for flag in ("prior", "hidden"):
+    for flag in ("prior", "hidden", "output_layers"):
         if getattr(args, flag):
-            sys.exit(f"error: --{flag} applies to STCN only; MS-STCN's prior is p(z^l | h^l) with 1x1 heads")
-    base = MS_STCN_PRESETS[args.preset] if args.preset else DEFAULT_MS_STCN
+            sys.exit(
+                f"error: --{flag.replace('_', '-')} applies to STCN only; "
+                "MS-STCN's prior is p(z^l | h^l) and its output p(x | Conv1x1(g^0))"
+            )
+    base = MS_STCN_LAYOUTS[args.layout] if args.layout else DEFAULT_MS_STCN
     strides = args.strides or base.strides
     layers = len(strides)
 
     def per_layer(values: list[int] | None, default: list[int], flag: str) -> list[int]:
         if values is None and len(default) != layers:
-            source = f"preset {args.preset}" if args.preset else "default"
+            source = f"layout {args.layout}" if args.layout else "default"
             sys.exit(f"error: --strides gives {layers} layers; give {flag} too (the {source} has {len(default)})")
         values = values or default
         if len(values) == 1:
@@ -101,7 +112,7 @@ def net_config(args: argparse.Namespace, model: str, data: Splits) -> STCNConfig
             sys.exit(f"error: {flag} has {len(values)} values for {layers} layers (--strides {strides})")
         return values
 
-    # A preset's own dilations stand unless the layers or their block count change.
+    # A layout's own dilations stand unless the layers or their block count change.
     same_layout = strides == base.strides and args.blocks in (None, len(base.dilations[0]))
     dilations = base.dilations if same_layout else default_dilations(strides, args.blocks or len(base.dilations[0]))
 
@@ -112,6 +123,7 @@ def net_config(args: argparse.Namespace, model: str, data: Splits) -> STCNConfig
         z_dims=per_layer(args.z_dims, base.z_dims, "--z-dims"),
         dilations=dilations,
         latent=not args.deterministic,
+        components=args.components or base.components,
         **from_data,
     )
 
@@ -144,8 +156,9 @@ def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
     ]
 
 
-NET_FLAGS = ["prior", "channels", "blocks", "hidden", "z_dims", "preset", "strides"]
-TRAIN_FLAGS = ["steps", "batch_size", "lr", "seed", "valid_every", "crop"]
+NET_FLAGS = ["prior", "channels", "blocks", "hidden", "z_dims", "layout", "strides"]
+NET_FLAGS += ["likelihood", "components", "output_layers"]
+TRAIN_FLAGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "crop"]
 RUN_DEFAULTS = {
     "data": "digits",
     "model": "stcn-dense",
@@ -162,6 +175,19 @@ def given(args: argparse.Namespace, names) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
+def new_run_config(args: argparse.Namespace) -> tuple[dict, Splits]:
+    """A new run's config (as config.json holds it) from the flags, the preset and the
+    defaults, in that order of precedence; and the run's data."""
+    if args.preset:
+        apply_preset(args, args.preset)
+    run_config = {**RUN_DEFAULTS, **given(args, RUN_DEFAULTS), **given(args, ["preset"])}
+    run_config["data_args"] = data_args(args, run_config["data"])
+    data = load_data(run_config)
+    run_config["net"] = dataclasses.asdict(net_config(args, run_config["model"], data))
+    run_config["train"] = dataclasses.asdict(dataclasses.replace(DEFAULT_TRAIN, **given(args, TRAIN_FLAGS)))
+    return run_config, data
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         run_dir = Path(args.resume)
@@ -169,6 +195,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not config_path.is_file():
             sys.exit(f"error: --resume {run_dir}: no config.json there, so it is not a run directory")
         changed = set(given(args, [*NET_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out", "fw", "data_dir", "binarise"]))
+        changed |= set(given(args, ["preset", "split_lists"]))
         changed -= {"steps"}
         changed |= {flag for flag in ("deterministic", "dequantise") if getattr(args, flag)}
         if changed:
@@ -181,12 +208,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.steps:  # train a finished run for longer
             run_config["train"]["steps"] = args.steps
             config_path.write_text(json.dumps(run_config, indent=2))
+        data = load_data(run_config)
     else:
-        run_config = {**RUN_DEFAULTS, **given(args, RUN_DEFAULTS)}
-        run_config["data_args"] = data_args(args, run_config["data"])
-        net = net_config(args, run_config["model"], load_data(run_config))
-        run_config["net"] = dataclasses.asdict(net)
-        run_config["train"] = dataclasses.asdict(dataclasses.replace(DEFAULT_TRAIN, **given(args, TRAIN_FLAGS)))
+        run_config, data = new_run_config(args)
         name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(args.out or f"runs/{name}")
         if (run_dir / "last.pt").exists():
@@ -195,7 +219,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
 
     device = pick_device(args.device)
-    data = load_data(run_config)
     pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
     model, guide = build(run_config, device)
     objective = make_objective(run_config["objective"])
@@ -243,6 +266,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote {run_dir}/: config.json, best.pt, last.pt, log.csv, results.txt, loss.png, kl.png, samples.png")
 
 
+def apply_preset(args: argparse.Namespace, name: str) -> None:
+    """Fill the flags the user did not give from the preset ``name``."""
+    preset = PRESETS[name]
+    for dest, value in preset.items():
+        if getattr(args, dest) in (None, False):
+            setattr(args, dest, value)
+    print(f"preset {name} = {as_flags(preset)} (flags you give override these)")
+
+
 def write_samples(model: nn.Module, data: Splits, path: Path, num: int, device: torch.device) -> None:
     """Generated sequences beside real test ones, drawn in the data's own form."""
     if data.likelihood != "bernoulli":
@@ -269,16 +301,22 @@ DATA_OPTIONS = {  # the options each data set takes; the formats need --data-dir
     "speech": {"fw", "directory"},
     "lasa": {"directory"},
     "wav": {"fw", "directory"},
-    "iamondb": {"directory", "dequantise"},
+    "iamondb": {"directory", "dequantise", "split_lists"},
     "deepwriting": {"directory"},
     "mnist-idx": {"directory", "binarise"},
     "npz": {"directory"},
 }
-DATA_FLAGS = {"fw": "--fw", "directory": "--data-dir", "binarise": "--binarise", "dequantise": "--dequantise"}
+DATA_FLAGS = {
+    "fw": "--fw",
+    "directory": "--data-dir",
+    "binarise": "--binarise",
+    "dequantise": "--dequantise",
+    "split_lists": "--split-lists",
+}
 
 
 def data_args(args: argparse.Namespace, data: str) -> dict:
-    options = {"fw": args.fw, "directory": args.data_dir, "binarise": args.binarise, "dequantise": args.dequantise}
+    options = {dest: getattr(args, "data_dir" if dest == "directory" else dest) for dest in DATA_FLAGS}
     chosen = {k: v for k, v in options.items() if v not in (None, False)}
     wrong = sorted(set(chosen) - DATA_OPTIONS.get(data, set()))
     if wrong:
@@ -341,9 +379,15 @@ def parser() -> argparse.ArgumentParser:
         "--binarise", choices=["static", "dynamic"], help="mnist, mnist-idx: training pixels (default static)"
     )
     t.add_argument("--dequantise", action="store_true", help="iamondb: uniform noise of width 1 on training offsets")
+    t.add_argument(
+        "--split-lists", metavar="DIR", help="iamondb: trainset.txt, testset_v.txt, testset_f.txt (default 80/10/10)"
+    )
+    t.add_argument("--preset", choices=list(PRESETS), help="a paper experiment (pyro_stcn/presets/); flags override it")
     t.add_argument("--model", choices=list(MODELS), help="default stcn-dense")
     t.add_argument("--guide", choices=list(GUIDES), help="default ladder")
     t.add_argument("--prior", choices=list(PRIORS), help="default dynamic")
+    t.add_argument("--likelihood", choices=list(LIKELIHOODS), help="default: the one the data call for")
+    t.add_argument("--components", type=int, help="gmm, handwriting: mixture components (STCN default 20)")
     t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo")
     t.add_argument("--beta-rate", type=float, help="annealed: β rises by this per step (default 1e-4)")
     t.add_argument("--lam", type=float, help="free bits: λ0 in nats per latent unit (default 0.5)")
@@ -351,16 +395,18 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="training steps (with --resume: the new total)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--lr-decay", type=float, help="the learning rate is multiplied by this every 1000 steps")
     t.add_argument("--seed", type=int)
     t.add_argument("--valid-every", type=int)
     t.add_argument("--crop", type=int, help="train on random windows of this many steps (long sequences)")
     t.add_argument("--channels", type=int_list, help="filters per layer (STCN: one width), e.g. 64 or 96,128,192")
     t.add_argument("--blocks", type=int, help="Wavenet blocks per layer (STCN: dilations 1..2^(K-1))")
     t.add_argument("--hidden", type=int, help="STCN: width of the prior, posterior and output nets")
+    t.add_argument("--output-layers", type=int, help="STCN: 1x1 conv + ReLU layers of the output net (default 2)")
     t.add_argument(
         "--z-dims", type=int_list, help="latent sizes bottom to top, e.g. 16,8,8,4 (MS-STCN: or one for all)"
     )
-    t.add_argument("--preset", choices=list(MS_STCN_PRESETS), help="MS-STCN: a configuration of paper 2, app. A.1")
+    t.add_argument("--layout", choices=list(MS_STCN_LAYOUTS), help="MS-STCN: a network layout of paper 2, app. A.1")
     t.add_argument("--strides", type=int_list, help="MS-STCN: stride of each layer, e.g. 1,2,2,2,1")
     t.add_argument("--deterministic", action="store_true", help="MS-STCN: no latent variables (paper 2's control)")
     t.add_argument("--out", help="run directory (default runs/MODEL-GUIDE-TIME)")

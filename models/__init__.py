@@ -3,7 +3,7 @@
 import dataclasses
 
 from models.ms_stcn import MSSTCN, MSSTCNConfig
-from models.ms_stcn_presets import MS_STCN_PRESETS
+from models.ms_stcn_layouts import MS_STCN_LAYOUTS
 from models.priors import PRIORS, DynamicPrior, StandardPrior
 from models.stcn import STCN, STCNConfig
 from pyro_stcn.choices import choose
@@ -23,7 +23,7 @@ def make_model(name: str, config: STCNConfig | MSSTCNConfig) -> STCN | MSSTCN:
 
 __all__ = [
     "MODELS",
-    "MS_STCN_PRESETS",
+    "MS_STCN_LAYOUTS",
     "MSSTCN",
     "MSSTCNConfig",
     "PRIORS",

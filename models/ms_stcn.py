@@ -15,7 +15,7 @@ Top-down, for l = L..1 (paper 2, eq. 5-9):
 
 and x ~ p(x | Conv1x1(g^0)). Delay shifts d^l one step at its own resolution, so the
 prior at coarse step k sees only fine steps < k Π s_i: generation stays causal. (With
-s_1 > 1 the output at t sees x only up to the start of its layer-1 block; every preset
+s_1 > 1 the output at t sees x only up to the start of its layer-1 block; every layout
 has s_1 = 1.)
 
 Sites: ``z_L`` ... ``z_1``, each ``Normal(...).to_event(1).mask(mask_l)`` of shape

@@ -122,6 +122,14 @@ LIKELIHOODS = {
     "gmm": GMMLikelihood,
     "handwriting": HandwritingLikelihood,
 }
+# The likelihoods that can model data for which a loader names ``key``: binary images
+# take a Bernoulli, (dx, dy, pen) the pen model; real values a Gaussian or a GMM.
+SUITABLE = {
+    "bernoulli": ["bernoulli"],
+    "handwriting": ["handwriting"],
+    "gaussian": ["gaussian", "gmm"],
+    "gmm": ["gmm", "gaussian"],
+}
 
 
 def make_likelihood(name: str, in_dim: int, x_dim: int, components: int) -> Likelihood:

@@ -88,7 +88,7 @@ def test_ms_stcn_trains_and_reports_each_layer(extra, tmp_path, capsys):
     "args,message",
     [
         (["--model", "ms-stcn", "--prior", "standard"], "--prior applies to STCN only"),
-        (["--model", "stcn", "--preset", "iamondb"], "--preset applies to --model ms-stcn only"),
+        (["--model", "stcn", "--layout", "iamondb"], "--layout applies to --model ms-stcn only"),
         (["--model", "ms-stcn", "--strides", "1,2", "--channels", "4", "--z-dims", "1,2,3"], "--z-dims has 3 values"),
         (["--model", "ms-stcn", "--strides", "1,2"], "--strides gives 2 layers; give --channels too"),
         (["--model", "stcn", "--channels", "8,16"], "STCN has one width for all blocks"),
@@ -135,3 +135,18 @@ def test_your_npz_and_iamondb_files_train(tmp_path, capsys):
 def test_formats_need_a_data_dir(tmp_path):
     with pytest.raises(SystemExit, match="--data wav reads your files: give --data-dir"):
         run.main(["train", "--data", "wav", "--out", str(tmp_path / "x"), "--no-progress"])
+
+
+def test_iamondb_split_lists_from_the_command_line(tmp_path):
+    from tests.test_data_formats import _forms
+
+    _forms(tmp_path, {"a01-000u": 3, "a01-001w": 1, "b02-010x": 2})
+    for name, forms in (("trainset.txt", "a01-000u"), ("testset_v.txt", "a01-001w"), ("testset_f.txt", "b02-010x")):
+        (tmp_path / name).write_text(forms + "\n")
+    args = run.parser().parse_args(["train", "--data", "iamondb", "--data-dir", str(tmp_path / "lineStrokes"),
+                                    "--split-lists", str(tmp_path)])  # fmt: skip
+    config, data = run.new_run_config(args)
+    assert config["data_args"]["split_lists"] == str(tmp_path)
+    assert (len(data.train), len(data.valid), len(data.test)) == (3, 1, 2)
+    with pytest.raises(SystemExit, match="--split-lists does not apply to --data lasa"):
+        run.main(["train", "--data", "lasa", "--split-lists", str(tmp_path), "--out", str(tmp_path / "x")])

@@ -175,9 +175,40 @@ def test_line_strokes_two_strokes(tmp_path):
     assert torch.equal(x, torch.tensor(expected, dtype=torch.float32))
     (tmp_path / "a01-000u-02.xml").write_text(TWO_STROKES)
     assert len(load_line_strokes_dir(tmp_path)) == 2
-    assert len(load_line_strokes_dir(tmp_path, names=["a01-000u-02"])) == 1
-    with pytest.raises(DataError, match="the split list names 1 missing files, e.g. b99.xml"):
-        load_line_strokes_dir(tmp_path, names=["b99"])
+
+
+def _forms(tmp_path, lines: dict[str, int]):
+    """lineStrokes files in IAM-OnDB's tree, form -> lines; line i has i + 1 strokes."""
+    for form, count in lines.items():
+        folder = tmp_path / "lineStrokes" / form[:3] / form[:7]
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            strokes = "".join(f'<Stroke><Point x="{k}" y="0" time="0"/></Stroke>' for k in range(i + 1))
+            (folder / f"{form}-{i + 1:02d}.xml").write_text(f"<W><StrokeSet>{strokes}</StrokeSet></W>")
+
+
+def test_iamondb_split_lists(tmp_path):
+    _forms(tmp_path, {"a01-000u": 2, "a01-001w": 1, "b02-010x": 3})
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "trainset.txt").write_text("b02-010x\na01-001w\n")  # forms: all their lines
+    (lists / "testset_v.txt").write_text("a01-000u-02\n")  # a single line
+    (lists / "testset_f.txt").write_text("\na01-000u-01\n\n")
+    splits = load_iamondb_splits(tmp_path / "lineStrokes", split_lists=lists)
+    # in list order, lines of a form in file order; line i has i + 1 one-point strokes
+    assert [len(x) for x in splits.train] == [1, 2, 3, 1]
+    assert [len(x) for x in splits.valid] == [2] and [len(x) for x in splits.test] == [1]
+    assert splits.train[1][:, 0].tolist() == [0, 1] and splits.train[1][:, 2].tolist() == [1, 1]
+
+    (lists / "testset_f.txt").write_text("a01-000u-01\nz99-999z\n")
+    with pytest.raises(DataError, match="testset_f.txt: 1 of its 2 entries match no lineStrokes file, e.g. 'z99-999z'"):
+        load_iamondb_splits(tmp_path, split_lists=lists)
+    (lists / "testset_f.txt").write_text("a01-001w\n")
+    with pytest.raises(DataError, match="trainset.txt and testset_f.txt share 1 files, e.g. a01-001w-01.xml"):
+        load_iamondb_splits(tmp_path, split_lists=lists)
+    (lists / "testset_f.txt").unlink()
+    with pytest.raises(DataError, match="testset_f.txt: no such split list; expected trainset.txt, testset_v.txt"):
+        load_iamondb_splits(tmp_path, split_lists=lists)
 
 
 def test_line_strokes_without_strokes_or_with_a_malformed_point(tmp_path):

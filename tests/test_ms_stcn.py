@@ -12,7 +12,7 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from guides import make_guide
-from models import MS_STCN_PRESETS, MSSTCNConfig, make_model
+from models import MS_STCN_LAYOUTS, MSSTCNConfig, make_model
 from models.ms_stcn import default_dilations
 from pyro_stcn.data import pad_batch
 from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, unit_kl
@@ -279,16 +279,16 @@ def test_generation_keeps_a_coarse_draw_for_its_whole_block():
 
 
 def test_presets_are_paper_2_appendix_a1():
-    fw2 = MS_STCN_PRESETS["blizzard-fw2"]
+    fw2 = MS_STCN_LAYOUTS["blizzard-fw2"]
     assert fw2.strides == [1, 5, 5, 4, 1] and fw2.channels == [26, 58, 128, 256, 256]
     assert fw2.z_dims == [1, 5, 25, 64, 64] and fw2.components == 2 and fw2.dilations[-1] == [1, 2, 4, 8, 16]
-    fw25 = MS_STCN_PRESETS["blizzard-fw25"]
+    fw25 = MS_STCN_LAYOUTS["blizzard-fw25"]
     assert fw25.channels == [96, 128, 192, 256, 256] and fw25.z_dims == [24, 32, 48, 64, 64]
-    assert MS_STCN_PRESETS["blizzard-fw200"].strides == [1, 2, 2, 2, 1]
-    assert all(p.strides == [1] * 5 for n, p in MS_STCN_PRESETS.items() if n.endswith("-flat"))
-    iam = MS_STCN_PRESETS["iamondb"]
+    assert MS_STCN_LAYOUTS["blizzard-fw200"].strides == [1, 2, 2, 2, 1]
+    assert all(p.strides == [1] * 5 for n, p in MS_STCN_LAYOUTS.items() if n.endswith("-flat"))
+    iam = MS_STCN_LAYOUTS["iamondb"]
     assert iam.z_dims == [8, 8, 8, 4, 2] and iam.likelihood == "handwriting" and iam.dilations[-1] == [1, 2, 4, 8]
-    for preset in MS_STCN_PRESETS.values():
+    for preset in MS_STCN_LAYOUTS.values():
         make_model("ms-stcn", preset)  # each builds
 
 

@@ -9,6 +9,12 @@ the points of all strokes form one sequence of steps x_t = (dx_t, dy_t, pen_t):
 - pen_t = 1 at the last point of each stroke: the pen lifts after it.
 
 Offsets are returned in raw tablet units.
+
+Splits are either seeded 80/10/10 by file, or IAM-OnDB's own split lists: a directory
+holding ``trainset.txt``, ``testset_v.txt`` (validation) and ``testset_f.txt`` (test),
+one form (``a01-000u``: all its lines) or line (``a01-000u-01``) per line of text. Its
+second validation list, ``testset_t.txt``, is not read; append it to ``trainset.txt``
+to train on it.
 """
 
 import xml.etree.ElementTree as ET
@@ -52,26 +58,62 @@ def read_line_strokes(path: str | Path) -> Tensor:
     return torch.tensor(np.column_stack([offsets, pen]), dtype=torch.float32)
 
 
-def load_line_strokes_dir(directory: str | Path, names: list[str] | None = None) -> list[Tensor]:
-    """Every ``*.xml`` below ``directory``, sorted by path; with ``names`` (a split list
-    of file stems, e.g. ``a01-000u-01``) only those, in that order."""
+def line_strokes_files(directory: str | Path) -> dict[str, Path]:
+    """Every ``*.xml`` below ``directory`` by file stem, sorted by path."""
     directory = require_dir(directory, "IAM-OnDB lineStrokes XML files")
     paths = {p.stem: p for p in sorted(directory.rglob("*.xml"))}
     if not paths:
         raise DataError(f"{directory}: no .xml files in it or below it")
-    if names is None:
-        return [read_line_strokes(p) for p in paths.values()]
-    missing = [n for n in names if n not in paths]
+    return paths
+
+
+def load_line_strokes_dir(directory: str | Path) -> list[Tensor]:
+    """Every lineStrokes file below ``directory``, sorted by path."""
+    return [read_line_strokes(p) for p in line_strokes_files(directory).values()]
+
+
+SPLIT_LISTS = {"train": "trainset.txt", "valid": "testset_v.txt", "test": "testset_f.txt"}
+
+
+def listed_files(paths: dict[str, Path], list_path: Path) -> list[Path]:
+    """The files that ``list_path`` names, in its order: an entry is a line's stem
+    (``a01-000u-01``) or a form (``a01-000u``), which stands for all its lines."""
+    if not list_path.is_file():
+        raise DataError(f"{list_path}: no such split list; expected {', '.join(SPLIT_LISTS.values())}")
+    by_form: dict[str, list[Path]] = {}
+    for stem, path in paths.items():
+        by_form.setdefault(stem.rsplit("-", 1)[0], []).append(path)
+    entries = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
+    if not entries:
+        raise DataError(f"{list_path}: empty; expected one form or line id per line, e.g. a01-000u")
+    missing = [e for e in entries if e not in paths and e not in by_form]
     if missing:
-        raise DataError(f"{directory}: the split list names {len(missing)} missing files, e.g. {missing[0]}.xml")
-    return [read_line_strokes(paths[n]) for n in names]
+        raise DataError(
+            f"{list_path}: {len(missing)} of its {len(entries)} entries match no lineStrokes file, e.g. {missing[0]!r}"
+        )
+    return [p for e in entries for p in ([paths[e]] if e in paths else by_form[e])]
 
 
-def load_iamondb_splits(directory: str | Path, seed: int = 0, dequantise: bool = False) -> Splits:
-    """Every lineStrokes file below ``directory``, split 80/10/10 by file (seeded). With
-    ``dequantise``, training offsets get fresh uniform noise of width 1 (one tablet unit)
-    in every batch; validation and test stay on the integer grid."""
-    splits = split_held_out(load_line_strokes_dir(directory), "handwriting", seed)
+def load_iamondb_splits(
+    directory: str | Path, seed: int = 0, dequantise: bool = False, split_lists: str | Path | None = None
+) -> Splits:
+    """Every lineStrokes file below ``directory``, split 80/10/10 by file (seeded), or
+    by the IAM-OnDB lists in the directory ``split_lists``. With ``dequantise``,
+    training offsets get fresh uniform noise of width 1 (one tablet unit) in every
+    batch; validation and test stay on the integer grid."""
+    if split_lists is None:
+        splits = split_held_out(load_line_strokes_dir(directory), "handwriting", seed)
+    else:
+        paths, lists = line_strokes_files(directory), require_dir(split_lists, "IAM-OnDB split lists")
+        files = {name: listed_files(paths, lists / file) for name, file in SPLIT_LISTS.items()}
+        for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+            shared = set(files[a]) & set(files[b])
+            if shared:
+                raise DataError(
+                    f"{lists}: {SPLIT_LISTS[a]} and {SPLIT_LISTS[b]} share {len(shared)} files, "
+                    f"e.g. {sorted(shared)[0].name}; a split must not leak into another"
+                )
+        splits = Splits(*([read_line_strokes(p) for p in files[n]] for n in SPLIT_LISTS), likelihood="handwriting")
     if dequantise:
         splits.augment = dequantise_offsets
     return splits

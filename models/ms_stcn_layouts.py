@@ -19,7 +19,7 @@ from models.ms_stcn import MSSTCNConfig
 DILATED = [1, 2, 4, 8, 16]
 FLAT = [1, 1, 1, 1, 1]
 
-MS_STCN_PRESETS: dict[str, MSSTCNConfig] = {
+MS_STCN_LAYOUTS: dict[str, MSSTCNConfig] = {
     "blizzard-fw200": MSSTCNConfig(
         x_dim=200, likelihood="gmm", components=10, strides=[1, 2, 2, 2, 1],
         channels=[256] * 5, z_dims=[64] * 5, dilations=[FLAT] * 5,
