@@ -158,7 +158,7 @@ def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
 
 NET_FLAGS = ["prior", "channels", "blocks", "hidden", "z_dims", "layout", "strides"]
 NET_FLAGS += ["likelihood", "components", "output_layers"]
-TRAIN_FLAGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "crop"]
+TRAIN_FLAGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "valid_sequences", "crop"]
 RUN_DEFAULTS = {
     "data": "digits",
     "model": "stcn-dense",
@@ -398,6 +398,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-decay", type=float, help="the learning rate is multiplied by this every 1000 steps")
     t.add_argument("--seed", type=int)
     t.add_argument("--valid-every", type=int)
+    t.add_argument("--valid-sequences", type=int, help="validate on the first N validation sequences only")
     t.add_argument("--crop", type=int, help="train on random windows of this many steps (long sequences)")
     t.add_argument("--channels", type=int_list, help="filters per layer (STCN: one width), e.g. 64 or 96,128,192")
     t.add_argument("--blocks", type=int, help="Wavenet blocks per layer (STCN: dilations 1..2^(K-1))")

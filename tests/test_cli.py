@@ -150,3 +150,20 @@ def test_iamondb_split_lists_from_the_command_line(tmp_path):
     assert (len(data.train), len(data.valid), len(data.test)) == (3, 1, 2)
     with pytest.raises(SystemExit, match="--split-lists does not apply to --data lasa"):
         run.main(["train", "--data", "lasa", "--split-lists", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_validation_on_the_first_sequences_only(tmp_path, monkeypatch):
+    import pyro_stcn.train
+
+    seen = []
+
+    def counting(model, guide, sequences, **kwargs):
+        seen.append(len(sequences))
+        return evaluate(model, guide, sequences, **kwargs)
+
+    evaluate = pyro_stcn.train.evaluate_elbo
+    monkeypatch.setattr(pyro_stcn.train, "evaluate_elbo", counting)
+    run.main(["train", *TOY, "--valid-sequences", "5", "--out", str(tmp_path / "r"), "--no-progress"])
+    assert seen == [5, 5]  # steps 3 and 6
+    with pytest.raises(SystemExit, match="valid_sequences must be positive, got 0"):
+        run.main(["train", *TOY, "--valid-sequences", "0", "--out", str(tmp_path / "s"), "--no-progress"])
