@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from guides import GUIDES, make_guide
-from models import MODELS, MS_STCN_LAYOUTS, PRIORS, MSSTCNConfig, STCNConfig, make_model
+from models import MODELS, MS_STCN_LAYOUTS, PRIORS, STCN, MSSTCNConfig, STCNConfig, make_model
 from models.ms_stcn import default_dilations
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import DATASETS, FORMATS, Splits
@@ -281,7 +281,10 @@ def write_samples(model: nn.Module, data: Splits, path: Path, num: int, device: 
         num = min(num, 6)  # strokes and waveforms need room
     real = torch.stack([s[: len(data.test[0])] for s in data.test[:num] if len(s) >= len(data.test[0])])
     steps, x_dim = real.shape[1:]
-    generated = sample_sequences(model.model, len(real), steps, x_dim, device=device)
+    if isinstance(model, STCN):  # cached fast-Wavenet sampler
+        generated = model.generate(len(real), steps)
+    else:
+        generated = sample_sequences(model.model, len(real), steps, x_dim, device=device)
     panels = {"generated": generated, "real test": real}
     if data.likelihood == "handwriting":
         plot_strokes(panels, path)

@@ -18,15 +18,18 @@ References:
     [1] Aksan & Hilliges, "STCN: Stochastic Temporal Convolutional Networks", ICLR 2019.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.priors import make_prior
 from pyro_stcn.checks import check_batch
+from pyro_stcn.generate import Draw, sample
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import mlp
 from pyro_stcn.likelihoods import make_likelihood
@@ -84,16 +87,54 @@ class STCN(nn.Module):
         h = torch.cat(zs, dim=-1) if self.config.dense else zs[0]
         return self.units.to_data_units(self.likelihood(self.output(h)), like=h)
 
+    def top_down(self, d_prev: list[Tensor], sample: Callable[[str, dist.Distribution], Tensor]) -> list[Tensor]:
+        """z^L .. z^1 from the prior given ``d_prev`` (``[batch, time, channels]`` per
+        layer), each drawn by ``sample(name, prior)``; returns them bottom first."""
+        zs: list[Tensor] = []
+        z_above = None
+        for layer in reversed(range(self.layers)):
+            loc, scale = self.prior(layer, d_prev[layer], z_above)
+            z_above = sample(f"z_{layer + 1}", dist.Normal(loc, scale).to_event(1))
+            zs.insert(0, z_above)
+        return zs
+
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
         register("stcn", self)
         feats = self.features.for_model(x, mask)
         batch, time = mask.shape
-        zs: list[Tensor] = []
         with pyro.plate("batch", batch, dim=-2), pyro.plate("time", time, dim=-1):
-            z_above = None
-            for layer in reversed(range(self.layers)):
-                loc, scale = self.prior(layer, feats.d_prev[layer], z_above)
-                z_above = pyro.sample(f"z_{layer + 1}", dist.Normal(loc, scale).to_event(1).mask(mask))
-                zs.insert(0, z_above)
+            zs = self.top_down(feats.d_prev, lambda name, prior: pyro.sample(name, prior.mask(mask)))
             pyro.sample("x", self.observation(zs).mask(mask), obs=zero_padding(x, mask))
+
+    @torch.no_grad()
+    def generate(
+        self, num: int, steps: int, prime: Tensor | None = None, cached: bool = True, draw: Draw = sample
+    ) -> Tensor:
+        """Ancestral samples ``[num, steps, x_dim]``: at each step z^L_t .. z^1_t from the
+        prior, then x_t, each value ``draw(name, distribution)`` (a fresh sample by
+        default). With ``prime [num, K, x_dim]`` the first K steps are those and the rest
+        continues them (the papers' biased samples).
+
+        ``cached`` runs the trunk one step at a time with fast-Wavenet queues (O(blocks)
+        per step); otherwise it reruns the trunk over the last receptive field at every
+        step, as the authors' code does (O(receptive field) per step). Both consume the
+        same random draws, so with one seed they give the same sequences."""
+        device = next(self.parameters()).device
+        x = torch.zeros(num, steps, self.config.x_dim, device=device)
+        given = 0 if prime is None else prime.shape[1]
+        x[:, :given] = prime if prime is not None else x[:, :0]
+        s = self.units.normalise(F.pad(x, (0, 0, 1, 0))).transpose(1, 2)  # the trunk's input, zero step first
+        stepper = self.trunk.stepper(num, device) if cached else None
+        field = self.trunk.receptive_field
+        for t in range(steps):
+            if cached:
+                d = stepper(s[:, :, t])
+            else:
+                d = [h[:, :, -1] for h in self.trunk.over(s[:, :, max(0, t + 1 - field) : t + 1])]
+            if t < given:
+                continue
+            zs = self.top_down([h[:, None] for h in d], draw)
+            x[:, t] = draw("x", self.observation(zs))[:, 0]
+            s[:, :, t + 1] = self.units.normalise(x[:, t])
+        return x

@@ -1,5 +1,9 @@
 """Ancestral sampling from an autoregressive Pyro model, one step at a time.
 
+The models' own ``generate`` methods are the fast samplers (cached, O(1) network work
+per step); :func:`sample_sequences` below is the plain reference that works with any
+model function.
+
 At step t the model is run over the sequence generated so far, x_{<=t} with x_t a
 placeholder; its latents at t depend only on x_{<t}, so the draw of the ``x`` site at
 t is a draw from p(x_t | x_{<t}, z). Latents already drawn at earlier steps are kept:
@@ -12,9 +16,17 @@ from collections.abc import Callable
 
 import torch
 from pyro import poutine
+from pyro.distributions import Distribution
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
+
+Draw = Callable[[str, Distribution], Tensor]  # (site name, distribution) -> its value
+
+
+def sample(name: str, distribution: Distribution) -> Tensor:
+    """The default :data:`Draw`: a fresh sample."""
+    return distribution.sample()
 
 
 class _KeepEarlier(Messenger):
