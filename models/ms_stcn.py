@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
+from pyro_stcn.generate import Draw, sample
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import GaussianHead
 from pyro_stcn.likelihoods import make_likelihood
@@ -194,8 +195,7 @@ class MSSTCN(nn.Module):
         """
         out, g, same = TopDown(), None, reuse is not None
         for l in reversed(range(self.layers)):
-            delayed = delay(feats.d[l])
-            h = reuse.h[l] if same else self.h_nets[l](delayed if g is None else torch.cat([g, delayed], dim=1))
+            h = reuse.h[l] if same else self.h_of(l, g, delay(feats.d[l]))
             z = sample(l, h.transpose(-1, -2))
             if z is not None and z.dim() > 3:
                 raise NotImplementedError(
@@ -203,12 +203,25 @@ class MSSTCN(nn.Module):
                     "and Predictive(parallel=False)"
                 )
             same = same and z is reuse.z[l]
-            g = reuse.g[l] if same else self.up_nets[l](h, None if z is None else z.transpose(-1, -2))
+            g = reuse.g[l] if same else self.g_of(l, h, z)
             out.h[l], out.z[l], out.g[l] = h, z, g
         return out
 
-    def prior_dist(self, l: int, h: Tensor, mask: Tensor) -> dist.TorchDistribution:
-        return dist.Normal(*self.prior[l](h)).to_event(1).mask(mask)
+    def h_of(self, l: int, g: Tensor | None, delayed: Tensor) -> Tensor:
+        """h^l = Wavenet1x1([g^l, Delay(d^l)]) (the top layer: Delay(d^L) alone)."""
+        return self.h_nets[l](delayed if g is None else torch.cat([g, delayed], dim=1))
+
+    def g_of(self, l: int, h: Tensor, z: Tensor | None) -> Tensor:
+        """g^{l-1} = CondWavenet1x1^Up(h^l, z^l), ``z [batch, T_l, z_l]``."""
+        return self.up_nets[l](h, None if z is None else z.transpose(-1, -2))
+
+    def prior_dist(self, l: int, h: Tensor) -> dist.TorchDistribution:
+        """p(z^l | h^l) for ``h [batch, T_l, C_l]``."""
+        return dist.Normal(*self.prior[l](h)).to_event(1)
+
+    def observation(self, g0: Tensor) -> dist.TorchDistribution:
+        """p(x | Conv1x1(g^0)) in data units, ``g0 [batch, C_1, T]``."""
+        return self.units.to_data_units(self.likelihood(g0.transpose(1, 2)), like=g0)
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
@@ -220,9 +233,83 @@ class MSSTCN(nn.Module):
             if not self.config.latent:
                 return None
             with batch_plate, time_plates[l]:
-                return pyro.sample(f"z_{l + 1}", self.prior_dist(l, h, feats.masks[l]))
+                return pyro.sample(f"z_{l + 1}", self.prior_dist(l, h).mask(feats.masks[l]))
 
         g0 = self.top_down(feats, sample, reuse=feats.top_down).g[0]
         with batch_plate, time_plate:
-            p_x = self.units.to_data_units(self.likelihood(g0.transpose(1, 2)), like=g0).mask(feats.mask)
-            pyro.sample("x", p_x, obs=feats.x)
+            pyro.sample("x", self.observation(g0).mask(feats.mask), obs=feats.x)
+
+    @torch.no_grad()
+    def generate(
+        self, num: int, steps: int, prime: Tensor | None = None, cached: bool = True, draw: Draw = sample
+    ) -> Tensor:
+        """Ancestral samples ``[num, steps, x_dim]``, with an optional ``prime [num, K,
+        x_dim]`` for the first K steps; ``draw(name, distribution)`` makes each draw.
+
+        At fine step t, every layer l whose stride comes round (t a multiple of
+        P_l = Π_{i<=l} s_i) takes its next coarse step k = t / P_l, top layer first:
+        h^l_k from g^l_k and d^l_{k-1}, z^l_k ~ p(z^l | h^l_k), and the s_l steps of
+        g^{l-1} that z^l_k covers. Then x_t ~ p(x | g^0_t), and x_t enters the
+        bottom-up pass. Over primed steps the z are drawn from the prior too, which
+        sees the primed x through d; only x is given.
+
+        ``cached`` keeps fast-Wavenet queues in the bottom-up blocks, so a layer's
+        networks run only when its stride comes round; otherwise the whole bottom-up
+        pass is rerun over the sequence so far whenever a layer needs d^l_{k-1}. Both
+        consume the same random draws."""
+        device = next(self.parameters()).device
+        strides, period = self.config.strides, self.total_stride
+        total = -(-steps // period) * period  # generate whole top-layer blocks, then cut
+        x = torch.zeros(num, total, self.config.x_dim, device=device)
+        given = 0 if prime is None else prime.shape[1]
+        x[:, :given] = prime if prime is not None else x[:, :0]
+        bottom_up = _BottomUpStepper(self, num, device) if cached else None
+        last_d = [torch.zeros(num, ch, device=device) for ch in self.config.channels]  # d^l_{k-1}
+        g_block: list[Tensor | None] = [None] * (self.layers + 1)  # g^l over the current block of layer l+1
+        for t in range(total):
+            starts = [l for l in range(self.layers) if t % math.prod(strides[: l + 1]) == 0]
+            if starts and not cached and t > 0:
+                full = self.bottom_up_features(x[:, :t], torch.ones(num, t, dtype=torch.bool, device=device))
+                last_d = [
+                    d[:, :, t // math.prod(strides[: l + 1]) - 1] for l, d in enumerate(full.d[: max(starts) + 1])
+                ]
+            for l in reversed(starts):
+                k = t // math.prod(strides[: l + 1])
+                g = None if g_block[l + 1] is None else g_block[l + 1][:, :, k % strides[l + 1], None]
+                h = self.h_of(l, g, last_d[l][:, :, None])  # Delay(d^l)_k = d^l_{k-1}
+                z = draw(f"z_{l + 1}", self.prior_dist(l, h.transpose(1, 2))) if self.config.latent else None
+                g_block[l] = self.g_of(l, h, z)  # [num, C, s_l]: g^{l-1} over steps k s_l .. (k+1) s_l - 1
+            if t >= given:
+                x[:, t] = draw("x", self.observation(g_block[0][:, :, t % strides[0], None]))[:, 0]
+            if cached:
+                last_d = bottom_up(self.units.normalise(x[:, t]))
+        return x[:, :steps]
+
+
+class _BottomUpStepper:
+    """MS-STCN's bottom-up pass one fine step at a time. A layer with stride s collects
+    s inputs, then runs its downsampling block on them; its causal blocks keep
+    fast-Wavenet queues. Returns the latest d^l of every layer."""
+
+    def __init__(self, net: MSSTCN, batch: int, device: torch.device | str):
+        self.net = net
+        self.pending: list[list[Tensor]] = [[] for _ in net.bottom_up]
+        self.position = [0] * len(net.bottom_up)
+        self.queues = [[b.empty_queue(batch, device) for b in layer if b.down == 1] for layer in net.bottom_up]
+        self.d = [torch.zeros(batch, ch, device=device) for ch in net.config.channels]
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        h = x
+        for l, layer in enumerate(self.net.bottom_up):
+            causal = list(layer)
+            if layer[0].down > 1:
+                self.pending[l].append(h)
+                if len(self.pending[l]) < layer[0].down:
+                    break  # this layer's block is not complete, nor any above it
+                h = layer[0](torch.stack(self.pending[l], dim=-1))[:, :, 0]
+                self.pending[l], causal = [], causal[1:]
+            for block, queue in zip(causal, self.queues[l]):
+                h = block.step(h, queue, self.position[l])
+            self.position[l] += 1
+            self.d[l] = h
+        return list(self.d)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from pyro import poutine
 
-from models import STCNConfig, make_model
+from models import MSSTCNConfig, STCNConfig, make_model
+from models.ms_stcn import default_dilations
 from pyro_stcn.wavenet import Wavenet
 
 LIKELIHOODS = [("bernoulli", 1), ("handwriting", 3), ("gmm", 4)]
@@ -15,6 +16,17 @@ def _stcn(name: str, likelihood: str, x_dim: int):
     torch.manual_seed(0)
     config = STCNConfig(x_dim=x_dim, likelihood=likelihood, z_dims=[4, 3, 2], channels=8, blocks=3, hidden=8)
     return make_model(name, config).eval()
+
+
+def _ms_stcn(strides: list[int], likelihood: str = "gmm", x_dim: int = 2, latent: bool = True):
+    torch.manual_seed(0)
+    layers = len(strides)
+    config = MSSTCNConfig(x_dim=x_dim, likelihood=likelihood, components=2, strides=strides, channels=[6] * layers,
+                          z_dims=[2] * layers, dilations=default_dilations(strides, 3), latent=latent)  # fmt: skip
+    return make_model("ms-stcn", config).eval()
+
+
+MS_STRIDES = [[1, 1, 1], [1, 2, 2], [2, 3, 1], [1, 2, 2, 2, 1]]
 
 
 def test_the_stepper_equals_the_trunk_over_the_whole_input():
@@ -42,6 +54,19 @@ def test_cached_generation_equals_rerunning_the_trunk(name, likelihood, x_dim):
     rerun = model.generate(3, steps, cached=False)
     assert torch.allclose(cached, rerun, atol=1e-5)
     assert not torch.equal(cached[0], cached[1])  # the draws differ across sequences
+
+
+@pytest.mark.parametrize("strides", MS_STRIDES)
+@pytest.mark.parametrize("latent", [True, False])
+def test_cached_ms_stcn_generation_equals_rerunning_the_bottom_up_pass(strides, latent):
+    """37 steps: not a multiple of the total stride, so the last block is cut."""
+    model = _ms_stcn(strides, latent=latent)
+    torch.manual_seed(1)
+    cached = model.generate(3, 37)
+    torch.manual_seed(1)
+    rerun = model.generate(3, 37, cached=False)
+    assert cached.shape == (3, 37, 2) and torch.allclose(cached, rerun, atol=1e-5)
+    assert not torch.equal(cached[0], cached[1])
 
 
 class Recorder:
@@ -73,8 +98,26 @@ def test_each_generated_step_follows_the_full_model(name, likelihood, x_dim):
     assert torch.equal(values["x"], x)
 
 
-def test_primed_generation_keeps_the_prime_and_continues_it():
-    model = _stcn("stcn-dense", "gmm", 4)
+@pytest.mark.parametrize("strides", MS_STRIDES)
+@pytest.mark.parametrize("likelihood,x_dim", LIKELIHOODS)
+def test_each_generated_ms_stcn_step_follows_the_full_model(strides, likelihood, x_dim):
+    """As above: one coarse z per block of P_l fine steps, each drawn once."""
+    model, record = _ms_stcn(strides, likelihood, x_dim), Recorder()
+    steps = 2 * model.total_stride
+    x = model.generate(2, steps, draw=record)
+    names = {m for m, _, _ in record.draws}
+    values = {n: torch.cat([v for m, _, v in record.draws if m == n], dim=1) for n in names}
+    trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x, torch.ones(2, steps).bool())
+    for n in names:
+        full = trace.nodes[n]["fn"].log_prob(values[n])
+        stepped = torch.cat([p.log_prob(v) for m, p, v in record.draws if m == n], dim=1)
+        assert full.shape == stepped.shape and torch.allclose(stepped, full, atol=1e-4), n
+    assert values["z_1"].shape[1] == steps // strides[0] and torch.equal(values["x"], x)
+
+
+@pytest.mark.parametrize("kind", ["stcn-dense", "ms-stcn"])
+def test_primed_generation_keeps_the_prime_and_continues_it(kind):
+    model = _stcn(kind, "gmm", 4) if kind == "stcn-dense" else _ms_stcn([1, 2, 2], x_dim=4)
     prime = torch.randn(2, 5, 4)
     x = model.generate(2, 9, prime=prime)
     assert torch.equal(x[:, :5], prime) and (x[:, 5:] != 0).all()
