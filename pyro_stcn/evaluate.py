@@ -60,12 +60,68 @@ def log_weights(model: Callable, guide: Callable, x: Tensor, mask: Tensor) -> Te
 
 
 @torch.no_grad()
-def iwae_bound(model: Callable, guide: Callable, x: Tensor, mask: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+def iwae_bound(
+    model: Callable, guide: Callable, x: Tensor, mask: Tensor, samples: int, chunk: int = 1
+) -> tuple[Tensor, Tensor]:
     """The importance-weighted bound log (1/K) Σ_k w_k ≤ log p(x) per sequence, with
     its K log weights ``[K, batch]`` (Burda et al. 2016). The mean of the log weights
-    is a Monte Carlo estimate of the ELBO, and the bound is at least that, by Jensen."""
-    log_w = torch.stack([log_weights(model, guide, x, mask) for _ in range(samples)])
+    is a Monte Carlo estimate of the ELBO, and the bound is at least that, by Jensen.
+
+    The K draws are made ``chunk`` at a time, by tiling the batch ``chunk`` times in one
+    pass: memory grows with ``chunk``, not with K."""
+    log_w = []
+    for start in range(0, samples, chunk):
+        n = min(chunk, samples - start)
+        tiled = log_weights(model, guide, x.repeat(n, 1, 1), mask.repeat(n, 1))  # draw-major: [n * batch]
+        log_w.append(tiled.reshape(n, len(x)))
+    log_w = torch.cat(log_w)
     return log_w.logsumexp(0) - math.log(samples), log_w
+
+
+@dataclass
+class BoundReport:
+    """A bound on -log p(x) over a set of sequences, in nats."""
+
+    per_sequence: float
+    stderr: float  # standard error of ``per_sequence`` over sequences
+    per_step: float
+    sequences: int
+    steps: int
+
+    @classmethod
+    def of(cls, per_sequence: Tensor, steps: int) -> "BoundReport":
+        """From the bound of each sequence ``[n]`` and their total number of steps."""
+        per_seq, n = per_sequence.double(), len(per_sequence)
+        stderr = float(per_seq.std() / math.sqrt(n)) if n > 1 else float("nan")
+        return cls(float(per_seq.mean()), stderr, float(per_seq.sum() / steps), n, steps)
+
+
+@torch.no_grad()
+def evaluate_iwae(
+    model: Callable,
+    guide: Callable,
+    sequences: Sequence[Tensor],
+    samples: int,
+    chunk: int = 100,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> BoundReport:
+    """-IWAE bound with K = ``samples`` draws per sequence (:func:`iwae_bound`); up to
+    ``batch_size · chunk`` sequences go through the networks at once. ``progress`` is
+    called with the number of sequences done after each batch."""
+    device = torch.device(device)
+    bounds, steps = [], 0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for x, mask in batches(sequences, batch_size):
+            x, mask = x.to(device), mask.to(device)
+            bounds.append(-iwae_bound(model, guide, x, mask, samples, chunk)[0].cpu())
+            steps += int(mask.sum())
+            if progress is not None:
+                progress(len(x))
+    return BoundReport.of(torch.cat(bounds), steps)
 
 
 @dataclass

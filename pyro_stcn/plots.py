@@ -78,18 +78,44 @@ def plot_kl_bars(kl: dict[str, float], title: str, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_image_grids(panels: dict[str, Tensor], side: int, path: str | Path, cols: int = 8) -> None:
+PRIMED, GENERATED = "tab:gray", "tab:red"  # colours of given and generated steps
+
+
+def plot_sequences(panels: dict[str, Tensor], likelihood: str, path: str | Path, primed: int = 0) -> None:
+    """Sequences ``[n, steps, x_dim]`` in their data's own form: pen strokes for
+    handwriting, image grids for square binary images, waveforms otherwise. The first
+    ``primed`` steps of every panel but ``real`` ones are drawn as given (gray), the
+    rest as generated."""
+    steps, x_dim = next(iter(panels.values())).shape[1:]
+    if likelihood == "handwriting":
+        plot_strokes(panels, path, primed)
+    elif likelihood == "bernoulli" and x_dim == 1 and int(steps**0.5) ** 2 == steps:
+        plot_image_grids(panels, int(steps**0.5), path, primed)
+    else:
+        plot_waveforms(panels, path, primed)
+
+
+def _given(title: str, primed: int) -> int:
+    return 0 if title.startswith("real") else primed
+
+
+def plot_image_grids(panels: dict[str, Tensor], side: int, path: str | Path, primed: int = 0, cols: int = 8) -> None:
     """Side-by-side grids of images; each panel is ``[n, side * side]`` or
-    ``[n, side * side, 1]`` in raster order."""
+    ``[n, side * side, 1]`` in raster order, values in [0, 1]. Given (primed) pixels
+    are drawn in blue."""
     rows = -(-max(len(images) for images in panels.values()) // cols)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2 * rows / cols + 0.5))
     for ax, (title, images) in zip(axes if len(panels) > 1 else [axes], panels.items()):
-        images = images.reshape(len(images), side, side).cpu()
-        canvas = torch.ones(rows * (side + 1) + 1, cols * (side + 1) + 1) * 0.5
-        for i, img in enumerate(images):
+        ink = images.reshape(len(images), side * side).float().cpu()
+        rgb = (1 - ink)[..., None].repeat(1, 1, 3)  # black ink on white
+        given = _given(title, primed)
+        rgb[:, :given] = torch.stack([1 - ink[:, :given]] * 2 + [torch.ones_like(ink[:, :given])], dim=-1)
+        rgb = rgb.reshape(len(images), side, side, 3)
+        canvas = torch.full((rows * (side + 1) + 1, cols * (side + 1) + 1, 3), 0.5)
+        for i, img in enumerate(rgb):
             r, c = divmod(i, cols)
             canvas[1 + r * (side + 1) : (r + 1) * (side + 1), 1 + c * (side + 1) : (c + 1) * (side + 1)] = img
-        ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(canvas.numpy(), interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()
@@ -97,19 +123,29 @@ def plot_image_grids(panels: dict[str, Tensor], side: int, path: str | Path, col
     plt.close(fig)
 
 
-def plot_strokes(panels: dict[str, Tensor], path: str | Path) -> None:
+def plot_strokes(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -> None:
     """Pen trajectories from ``[n, steps, 3]`` (dx, dy, pen) sequences: positions are the
     running sums of the offsets, and the line breaks where the pen bit says it lifts."""
     rows, cols = len(panels), max(len(v) for v in panels.values())
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
     for r, (title, seqs) in enumerate(panels.items()):
+        given = _given(title, primed)
         for c, seq in enumerate(seqs.cpu()):
             ax = axes[r][c]
             xy = seq[:, :2].cumsum(0)
             ends = (seq[:, 2] > 0.5).nonzero().flatten().tolist()
             for start, end in zip([0] + [e + 1 for e in ends], ends + [len(seq) - 1]):
-                if end >= start:
+                if end < start:
+                    continue
+                if not given:
                     ax.plot(xy[start : end + 1, 0], xy[start : end + 1, 1], lw=1, color="k")
+                    continue
+                if start < given:  # the given part of this stroke
+                    stop = min(end, given - 1) + 1
+                    ax.plot(xy[start:stop, 0], xy[start:stop, 1], lw=1, color=PRIMED)
+                if end >= given:  # the generated part, joined to the last given point
+                    first = max(start, given - 1)
+                    ax.plot(xy[first : end + 1, 0], xy[first : end + 1, 1], lw=1, color=GENERATED)
             ax.set_aspect("equal")
             ax.axis("off")
         axes[r][0].set_title(title, loc="left")
@@ -118,19 +154,45 @@ def plot_strokes(panels: dict[str, Tensor], path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_waveforms(panels: dict[str, Tensor], path: str | Path) -> None:
-    """Speech from ``[n, steps, fw]`` frames of consecutive samples, as waveforms."""
+def plot_waveforms(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -> None:
+    """``[n, steps, x_dim]`` sequences as signals: speech frames of consecutive samples
+    joined into one waveform; other data one line per dimension."""
     rows = sum(len(v) for v in panels.values())
     fig, axes = plt.subplots(rows, 1, figsize=(8, 0.9 * rows + 0.5), sharex=True, squeeze=False)
     row = 0
     for title, seqs in panels.items():
+        given = _given(title, primed)
         for i, seq in enumerate(seqs.cpu()):
-            ax = axes[row][0]
-            ax.plot(seq.flatten(), lw=0.5, color="tab:blue" if title.startswith("gen") else "tab:gray")
+            ax, fw = axes[row][0], seq.shape[-1]
+            wave = seq.flatten()  # frames of consecutive samples, end to end
+            at = torch.arange(len(wave))
+            if given:
+                ax.plot(at[: given * fw], wave[: given * fw], lw=0.5, color=PRIMED)
+            colour = GENERATED if given or title.startswith("gen") else "tab:gray"
+            ax.plot(at[given * fw :], wave[given * fw :], lw=0.5, color=colour)
             ax.set_yticks([])
             ax.set_ylabel(f"{title} {i}", rotation=0, ha="right", fontsize=7)
             row += 1
     axes[-1][0].set_xlabel("sample")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ppc(rows: list, path: str | Path) -> None:
+    """Posterior predictive checks: for each statistic (column) and kind of replicate
+    (row), a histogram of T(x^rep) and a line at T(x), titled with the p-value."""
+    kinds = list(rows[0].replicated)
+    fig, axes = plt.subplots(len(kinds), len(rows), figsize=(3.2 * len(rows), 2.6 * len(kinds)), squeeze=False)
+    for c, row in enumerate(rows):
+        for r, kind in enumerate(kinds):
+            ax = axes[r][c]
+            ax.hist(row.replicated[kind].numpy(), bins=15, color="tab:blue", alpha=0.7, label="replicated")
+            ax.axvline(row.real, color="tab:red", lw=2, label="real")
+            ax.set_title(f"{row.statistic}\n{kind}: p = {row.p_value[kind]:.2f}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.locator_params(axis="x", nbins=4)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -41,6 +41,43 @@ def test_sample_writes_a_png(trained, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_iwae_prints_a_tighter_bound(trained, capsys):
+    run.main(["evaluate", "--run", str(trained), "--iw", "8", "--chunk", "3", "--no-progress", "--device", "cpu"])
+    out = capsys.readouterr().out
+    elbo = float(out.split("-ELBO = ")[1].split(" ")[0])
+    iwae = float(out.split("-IWAE bound, K = 8: ")[1].split(" ")[0])
+    assert iwae < elbo and "nats per image" in out
+
+
+def test_primed_samples_reconstructions_and_ppc_write_pngs(trained, capsys):
+    run.main(["sample", "--run", str(trained), "--num", "4", "--prime", "24", "--device", "cpu"])
+    run.main(["reconstruct", "--run", str(trained), "--num", "4", "--device", "cpu"])
+    run.main(["ppc", "--run", str(trained), "--num", "8", "--replicates", "3", "--device", "cpu"])
+    for name in ("samples-prime24.png", "reconstructions.png", "ppc.png"):
+        assert (trained / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    out = capsys.readouterr().out
+    assert "| pixel density | " in out and "| lag-1 autocorrelation | " in out
+    with pytest.raises(SystemExit, match="--prime 64 leaves nothing to generate in 64 steps"):
+        run.main(["sample", "--run", str(trained), "--prime", "64", "--device", "cpu"])
+
+
+def test_speech_samples_are_written_as_wav_files(tmp_path, capsys):
+    from pyro_stcn.data.wav import read_wav
+    from tests.test_data_formats import _wav
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        _wav(tmp_path / f"p{i}.wav", rng.integers(-8000, 8000, 1000) | 1, rate=1000)
+    out = tmp_path / "run"
+    run.main(["train", "--data", "wav", "--data-dir", str(tmp_path), "--fw", "50", *TOY, "--batch-size", "4",
+              "--out", str(out), "--no-progress"])  # fmt: skip
+    run.main(["sample", "--run", str(out), "--num", "2", "--steps", "30", "--prime", "5"])
+    samples, rate = read_wav(out / "samples-prime5-1.wav")
+    assert rate == 1000 and len(samples) == 30 * 50
+    run.main(["ppc", "--run", str(out), "--num", "4", "--replicates", "3"])
+    assert "| variance | " in capsys.readouterr().out
+
+
 def test_existing_run_is_not_overwritten(trained):
     with pytest.raises(SystemExit, match="already holds a run; continue it with --resume"):
         run.main(["train", *TOY, "--out", str(trained), "--no-progress"])

@@ -33,6 +33,7 @@ class Splits:
     # Fresh noise for each training batch (dynamic binarisation, dequantisation): a
     # function of a sequence and a random generator. Evaluation never sees it.
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    sample_rate: int | None = None  # speech: samples per second, to write generated audio back
 
     @property
     def x_dim(self) -> int:

@@ -92,6 +92,32 @@ def load_wav_files(paths: list[Path], fw: int) -> list[Tensor]:
     return sequences
 
 
+def sample_rate(paths: list[Path]) -> int:
+    """The one sample rate of all ``paths`` (from their headers): a frame of FW samples
+    means the same duration only if they agree."""
+    rates = {}
+    for path in paths:
+        try:
+            with wave.open(str(path), "rb") as f:
+                rates.setdefault(f.getframerate(), path)
+        except (wave.Error, EOFError) as e:
+            raise DataError(f"{path}: not a readable wav file ({e})") from e
+    if len(rates) > 1:
+        found = ", ".join(f"{rate} Hz ({path})" for rate, path in rates.items())
+        raise DataError(f"wav files at different sample rates: {found}; resample them to one rate")
+    return next(iter(rates))
+
+
+def write_wav(path: str | Path, samples: Tensor, rate: int) -> None:
+    """``samples`` in [-1, 1) as a 16-bit mono wav file (clipped to that range)."""
+    pcm = (samples.detach().cpu().double().clamp(-1, 32767 / 32768) * 32768).round().short().numpy()
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(pcm.astype("<i2").tobytes())
+
+
 def load_wav_dir(directory: str | Path, fw: int) -> list[Tensor]:
     """Every ``*.wav`` below ``directory`` (sorted by path), trimmed, segmented and framed."""
     return load_wav_files(wav_paths(directory), fw)
@@ -103,5 +129,6 @@ def load_wav_splits(directory: str | Path, fw: int = 200, seed: int = 0) -> Spli
     paths = wav_paths(directory)
     if len(paths) < 3:
         raise DataError(f"{directory}: {len(paths)} wav files; a train/validation/test split needs at least 3")
+    rate = sample_rate(paths)
     splits = [load_wav_files([paths[i] for i in idx], fw) for idx in held_out(len(paths), 0.1, seed)]
-    return Splits(*splits, likelihood="gmm")
+    return Splits(*splits, likelihood="gmm", sample_rate=rate)
