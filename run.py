@@ -7,6 +7,7 @@
     python run.py sample --run runs/NAME --prime 20   # continuations of real test sequences
     python run.py reconstruct --run runs/NAME # test sequences beside their reconstructions
     python run.py ppc --run runs/NAME         # posterior predictive checks
+    python run.py bench                       # cached vs uncached generation time
 
 ``python run.py COMMAND --help`` lists every option.
 """
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from guides import GUIDES, make_guide
 from models import MODELS, MS_STCN_LAYOUTS, PRIORS, MSSTCNConfig, STCNConfig, make_model
 from models.ms_stcn import default_dilations
+from pyro_stcn.benchmark import time_generation
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch
 from pyro_stcn.data.wav import write_wav
@@ -426,6 +428,32 @@ def cmd_ppc(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'ppc.md'} and {out / 'ppc.png'}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Cached vs uncached generation at paper 1's handwriting size (receptive field 316)."""
+    device = pick_device(args.device)
+    paper = PRESETS["iamondb-stcn-dense"]
+    config = STCNConfig(
+        x_dim=3, likelihood=paper["likelihood"], components=paper["components"], channels=paper["channels"][0],
+        blocks=paper["blocks"], z_dims=paper["z_dims"], hidden=paper["hidden"], output_layers=paper["output_layers"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = make_model("stcn-dense", config).to(device).eval()  # untrained: the weights do not change the cost
+    size = sum(p.numel() for p in model.parameters())
+    print(
+        f"STCN-dense at paper 1's IAM-OnDB size ({size:,} parameters, receptive field "
+        f"{model.trunk.receptive_field}), {args.num} sequence(s), on {device} with {torch.get_num_threads()} threads"
+    )
+    print("| steps | cached (s) | uncached (s) | uncached / cached | max difference |")
+    print("|---|---|---|---|---|")
+    for steps in args.steps:
+        t = time_generation(model.generate, steps, args.num)
+        print(
+            f"| {steps} | {t.cached_seconds:.2f} | {t.uncached_seconds:.2f} | {t.speed_up:.1f} | "
+            f"{t.max_difference:.1e} |",
+            flush=True,
+        )
+
+
 def int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
@@ -515,7 +543,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_ppc)
 
-    for sp in (t, e, s, r, c):
+    b = sub.add_parser("bench", help="benchmark: cached vs uncached generation at paper 1's handwriting size")
+    b.add_argument("--steps", type=int_list, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
+    b.add_argument("--num", type=int, default=1, help="sequences generated at once")
+    b.set_defaults(func=cmd_bench)
+
+    for sp in (t, e, s, r, c, b):
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p
 

@@ -204,3 +204,11 @@ def test_validation_on_the_first_sequences_only(tmp_path, monkeypatch):
     assert seen == [5, 5]  # steps 3 and 6
     with pytest.raises(SystemExit, match="valid_sequences must be positive, got 0"):
         run.main(["train", *TOY, "--valid-sequences", "0", "--out", str(tmp_path / "s"), "--no-progress"])
+
+
+def test_bench_prints_cached_and_uncached_times(capsys):
+    run.main(["bench", "--steps", "4", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "receptive field 316" in out
+    row = next(line for line in out.splitlines() if line.startswith("| 4 |")).split("|")
+    assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[5]) < 1e-4  # same draws, same sequence
