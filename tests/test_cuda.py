@@ -8,7 +8,6 @@ from guides import make_guide
 from models import make_model
 from pyro_stcn.elbo import LinearFreeBitsELBO
 from pyro_stcn.evaluate import evaluate_elbo
-from pyro_stcn.generate import sample_sequences
 from tests.conftest import ragged_batch, tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -23,8 +22,12 @@ def test_svi_evaluation_and_sampling_on_cuda():
     assert losses[-1] < losses[0]
     report = evaluate_elbo(model.model, guide, [x[i, : int(mask[i].sum())] for i in range(len(x))], device="cuda")
     assert report.steps == int(mask.sum())
-    samples = sample_sequences(model.model, 2, 5, 2, device="cuda")
-    assert samples.device.type == "cuda" and samples.shape == (2, 5, 2)
+    samples = model.generate(2, 50)  # the cached sampler, on the model's device
+    assert samples.device.type == "cuda" and samples.shape == (2, 50, 2)
+    torch.manual_seed(0)
+    cached = model.generate(2, 30)
+    torch.manual_seed(0)
+    assert torch.allclose(cached, model.generate(2, 30, cached=False), atol=1e-4)
 
 
 def test_cpu_and_cuda_agree():

@@ -17,7 +17,6 @@ from models.ms_stcn import default_dilations
 from pyro_stcn.data import pad_batch
 from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import evaluate_elbo, sequence_terms
-from pyro_stcn.generate import _KeepEarlier
 from tests.conftest import ragged_batch
 
 STRIDES = [[1, 1, 1], [1, 2, 2], [2, 3, 1], [1, 2, 2, 2, 1], [1, 5, 5, 4, 1]]
@@ -267,17 +266,6 @@ def test_shared_networks_run_once_per_step():
     assert calls == {"bottom_up": 2, "h": 2, "up": 2}
 
 
-def test_generation_keeps_a_coarse_draw_for_its_whole_block():
-    old = torch.full((1, 4, 1), 7.0)
-
-    def draw():
-        return pyro.sample("z", pyro.distributions.Normal(torch.zeros(1, 4, 1), 1.0).to_event(3))
-
-    with _KeepEarlier({"z": (old, 4)}, t=5):  # steps 0-3 and 4-7 began before t = 5
-        value = draw()
-    assert (value[:, :2] == 7).all() and (value[:, 2:] != 7).all()
-
-
 def test_presets_are_paper_2_appendix_a1():
     fw2 = MS_STCN_LAYOUTS["blizzard-fw2"]
     assert fw2.strides == [1, 5, 5, 4, 1] and fw2.channels == [26, 58, 128, 256, 256]
@@ -305,13 +293,3 @@ def test_vectorised_particles_are_refused_clearly():
     with pytest.raises(NotImplementedError, match="MS-STCN draws one particle at a time"):
         elbo.loss(model.model, guide, x, mask)
     assert TraceMeanField_ELBO(num_particles=3).loss(model.model, guide, x, mask) > 0
-
-
-def test_sampling_end_to_end():
-    """Generated sequences: the requested shape, finite, and different across draws."""
-    from pyro_stcn.generate import sample_sequences
-
-    model = make_model("ms-stcn", tiny_ms([1, 2, 3]))
-    samples = sample_sequences(model.model, 3, 13, 2)
-    assert samples.shape == (3, 13, 2) and torch.isfinite(samples).all()
-    assert not torch.allclose(samples[0], samples[1])
