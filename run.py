@@ -267,13 +267,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote {run_dir}/: config.json, best.pt, last.pt, log.csv, results.txt, loss.png, kl.png, samples.png")
 
 
+DATA_SPECIFIC = ["fw", "binarise", "dequantise", "split_lists", "likelihood", "components", "crop"]
+FAMILY_SPECIFIC = ["prior", "channels", "blocks", "hidden", "z_dims", "output_layers", "layout", "strides"]
+
+
 def apply_preset(args: argparse.Namespace, name: str) -> None:
-    """Fill the flags the user did not give from the preset ``name``."""
-    preset = PRESETS[name]
+    """Fill the flags the user did not give from the preset ``name``. Where the user
+    picks other data, the preset's settings for its own data are left out; where they
+    pick a model of the other family (STCN vs MS-STCN), its network sizes are."""
+    preset = dict(PRESETS[name])
+    left_out = []
+    if args.data is not None and args.data != preset["data"]:
+        left_out += [k for k in DATA_SPECIFIC if k in preset]
+    if args.model is not None and (args.model == "ms-stcn") != (preset["model"] == "ms-stcn"):
+        left_out += [k for k in FAMILY_SPECIFIC if k in preset]
     for dest, value in preset.items():
-        if getattr(args, dest) in (None, False):
+        if dest not in left_out and (getattr(args, dest) is None or getattr(args, dest) is False):
             setattr(args, dest, value)
     print(f"preset {name} = {as_flags(preset)} (flags you give override these)")
+    if left_out:
+        print(f"  left out for your --data/--model: {', '.join('--' + k.replace('_', '-') for k in left_out)}")
 
 
 def write_samples(model: nn.Module, data: Splits, path: Path, num: int, steps: int | None = None,
@@ -285,6 +298,8 @@ def write_samples(model: nn.Module, data: Splits, path: Path, num: int, steps: i
     if prime >= steps:
         sys.exit(f"error: --prime {prime} leaves nothing to generate in {steps} steps; give more --steps")
     long_enough = [s for s in data.test if len(s) >= max(prime, 1)]
+    if not long_enough:
+        sys.exit(f"error: --prime {prime}: no test sequence has that many steps (longest {max(map(len, data.test))})")
     real = long_enough[: num if data.likelihood == "bernoulli" else min(num, 6)]  # strokes and waves need room
     device = next(model.parameters()).device
     given = torch.stack([s[:prime] for s in real]).to(device) if prime else None
@@ -350,6 +365,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     report = evaluate_elbo(model.model, guide, sequences, device=device, seed=args.seed)
     title = f"{run_config['model']} on {run_config['data']}, {args.split} split"
     lines = report_lines(title, report, run_config["model"])
+    if args.iw is not None and (args.iw < 1 or args.chunk < 1):
+        sys.exit(f"error: --iw and --chunk must be positive numbers of draws, got {args.iw} and {args.chunk}")
     if args.iw:
         with tqdm(total=len(sequences), desc=f"IWAE, K = {args.iw}", disable=args.no_progress) as bar:
             bound = evaluate_iwae(model.model, guide, sequences, args.iw, args.chunk, device=device, seed=args.seed,
@@ -408,7 +425,8 @@ def cmd_ppc(args: argparse.Namespace) -> None:
     data = load_data(run_config)
     torch.manual_seed(args.seed)
     likelihood = run_config["net"]["likelihood"]
-    rows = posterior_predictive_check(model, guide, data.test[: args.num], likelihood, args.replicates, device)
+    framed = data.sample_rate is not None  # speech: statistics of the waveform, frames end to end
+    rows = posterior_predictive_check(model, guide, data.test[: args.num], likelihood, args.replicates, framed, device)
     kinds = list(rows[0].p_value)
     lines = [
         f"posterior predictive checks of {run_config['model']} on {min(args.num, len(data.test))} test sequences "
@@ -515,7 +533,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--iw", type=int, metavar="K", help="also the importance-weighted bound with K samples")
-    e.add_argument("--chunk", type=int, default=100, help="--iw: draws per pass (memory grows with it, not with K)")
+    e.add_argument("--chunk", type=int, default=10, help="--iw: draws per pass (memory grows with it, not with K)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample
+from pyro_stcn.generate import Draw, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import GaussianHead
 from pyro_stcn.likelihoods import make_likelihood
@@ -257,14 +257,14 @@ class MSSTCN(nn.Module):
         networks run only when its stride comes round; otherwise the whole bottom-up
         pass is rerun over the sequence so far whenever a layer needs d^l_{k-1}. Both
         consume the same random draws."""
-        device = next(self.parameters()).device
-        strides, period = self.config.strides, self.total_stride
+        weight = next(self.parameters())
+        device, strides, period = weight.device, self.config.strides, self.total_stride
+        if prime is not None and prime.shape[1] > steps:
+            raise ValueError(f"prime has {prime.shape[1]} steps, more than the {steps} to generate")
         total = -(-steps // period) * period  # generate whole top-layer blocks, then cut
-        x = torch.zeros(num, total, self.config.x_dim, device=device)
-        given = 0 if prime is None else prime.shape[1]
-        x[:, :given] = prime if prime is not None else x[:, :0]
-        bottom_up = _BottomUpStepper(self, num, device) if cached else None
-        last_d = [torch.zeros(num, ch, device=device) for ch in self.config.channels]  # d^l_{k-1}
+        x, given = start_sequences(num, total, self.config.x_dim, prime, like=weight)
+        bottom_up = _BottomUpStepper(self, num) if cached else None
+        last_d = [weight.new_zeros(num, ch) for ch in self.config.channels]  # d^l_{k-1}
         g_block: list[Tensor | None] = [None] * (self.layers + 1)  # g^l over the current block of layer l+1
         for t in range(total):
             starts = [l for l in range(self.layers) if t % math.prod(strides[: l + 1]) == 0]
@@ -291,12 +291,12 @@ class _BottomUpStepper:
     s inputs, then runs its downsampling block on them; its causal blocks keep
     fast-Wavenet queues. Returns the latest d^l of every layer."""
 
-    def __init__(self, net: MSSTCN, batch: int, device: torch.device | str):
+    def __init__(self, net: MSSTCN, batch: int):
         self.net = net
         self.pending: list[list[Tensor]] = [[] for _ in net.bottom_up]
         self.position = [0] * len(net.bottom_up)
-        self.queues = [[b.empty_queue(batch, device) for b in layer if b.down == 1] for layer in net.bottom_up]
-        self.d = [torch.zeros(batch, ch, device=device) for ch in net.config.channels]
+        self.queues = [[b.empty_queue(batch) for b in layer if b.down == 1] for layer in net.bottom_up]
+        self.d = [next(net.parameters()).new_zeros(batch, ch) for ch in net.config.channels]
 
     def __call__(self, x: Tensor) -> list[Tensor]:
         h = x

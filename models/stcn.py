@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from models.priors import make_prior
 from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample
+from pyro_stcn.generate import Draw, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import mlp
 from pyro_stcn.likelihoods import make_likelihood
@@ -120,12 +120,9 @@ class STCN(nn.Module):
         per step); otherwise it reruns the trunk over the last receptive field at every
         step, as the authors' code does (O(receptive field) per step). Both consume the
         same random draws, so with one seed they give the same sequences."""
-        device = next(self.parameters()).device
-        x = torch.zeros(num, steps, self.config.x_dim, device=device)
-        given = 0 if prime is None else prime.shape[1]
-        x[:, :given] = prime if prime is not None else x[:, :0]
-        s = self.units.normalise(F.pad(x, (0, 0, 1, 0))).transpose(1, 2)  # the trunk's input, zero step first
-        stepper = self.trunk.stepper(num, device) if cached else None
+        x, given = start_sequences(num, steps, self.config.x_dim, prime, like=next(self.parameters()))
+        s = F.pad(self.units.normalise(x), (0, 0, 1, 0)).transpose(1, 2)  # the trunk's input: a zero step first
+        stepper = self.trunk.stepper(num) if cached else None
         field = self.trunk.receptive_field
         for t in range(steps):
             if cached:

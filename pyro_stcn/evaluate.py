@@ -102,7 +102,7 @@ def evaluate_iwae(
     guide: Callable,
     sequences: Sequence[Tensor],
     samples: int,
-    chunk: int = 100,
+    chunk: int = 10,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     seed: int = 0,

@@ -18,3 +18,17 @@ Draw = Callable[[str, Distribution], Tensor]  # (site name, distribution) -> its
 def sample(name: str, distribution: Distribution) -> Tensor:
     """The default :data:`Draw`: a fresh sample."""
     return distribution.sample()
+
+
+def start_sequences(num: int, steps: int, x_dim: int, prime: Tensor | None, like: Tensor) -> tuple[Tensor, int]:
+    """Zeros ``[num, steps, x_dim]`` (``like``'s dtype and device) with the first K steps
+    set to ``prime [num, K, x_dim]``, if given; and K."""
+    x = like.new_zeros(num, steps, x_dim)
+    if prime is None:
+        return x, 0
+    if prime.dim() != 3 or prime.shape[0] != num or prime.shape[2] != x_dim or prime.shape[1] > steps:
+        raise ValueError(
+            f"prime has shape {list(prime.shape)}; expected [{num}, K, {x_dim}] with K <= {steps} steps to generate"
+        )
+    x[:, : prime.shape[1]] = prime
+    return x, prime.shape[1]

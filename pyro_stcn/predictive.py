@@ -5,7 +5,9 @@ Two kinds of replicate of a batch of real sequences x, each of the real lengths:
 
 - one-step-ahead: x^rep_t ~ p(x_t | x_{<t}, z_t) with z ~ q(z | x), the history being
   the real x. This is ``pyro.infer.Predictive`` with the trained guide over the model
-  with its observation unconditioned (:func:`one_step_ahead`);
+  with its observation unconditioned (:func:`one_step_ahead`). The posterior q has seen
+  x_t itself (in MS-STCN, x up to the end of the coarse block that holds t), so these
+  are posterior reconstructions: a check of what the latents carry, not a forecast;
 - free-running: whole sequences from the model's own sampler, x^rep ~ p(x).
 
 For a statistic T, p = P(T(x^rep) >= T(x)) over the replicates. A p near 0 or 1 says
@@ -44,13 +46,13 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * weight).sum() / weight.sum()
 
 
-def _signal(x: Tensor, mask: Tensor, likelihood: str) -> tuple[Tensor, Tensor]:
+def _signal(x: Tensor, mask: Tensor, likelihood: str, framed: bool) -> tuple[Tensor, Tensor]:
     """The values a statistic looks at, ``[batch, length, channels]`` with their mask:
-    the pen offsets (dx, dy) for handwriting; for speech frames the waveform, frames
+    the pen offsets (dx, dy) for handwriting; for ``framed`` audio the waveform, frames
     end to end; the values themselves otherwise."""
     if likelihood == "handwriting":
         return x[..., :2], mask
-    if likelihood in ("gaussian", "gmm") and x.shape[-1] > 1:
+    if framed:
         return x.reshape(len(x), -1, 1), mask.repeat_interleave(x.shape[-1], dim=1)
     return x, mask
 
@@ -63,11 +65,12 @@ def lag1_autocorrelation(x: Tensor, mask: Tensor) -> Tensor:
     return _masked_mean(centred[:, 1:] * centred[:, :-1], pairs) / _masked_mean(centred**2, mask)
 
 
-def statistics(likelihood: str) -> dict[str, Statistic]:
-    """The test statistics for data of this likelihood."""
+def statistics(likelihood: str, framed: bool = False) -> dict[str, Statistic]:
+    """The test statistics for data of this likelihood; ``framed``: each step is a frame
+    of consecutive audio samples."""
 
     def on_signal(stat: Statistic) -> Statistic:
-        return lambda x, mask: stat(*_signal(x, mask, likelihood))
+        return lambda x, mask: stat(*_signal(x, mask, likelihood, framed))
 
     if likelihood == "bernoulli":
 
@@ -105,6 +108,7 @@ def posterior_predictive_check(
     sequences: Sequence[Tensor],
     likelihood: str,
     replicates: int = 20,
+    framed: bool = False,
     device: torch.device | str = "cpu",
 ) -> list[CheckRow]:
     """Each statistic of :func:`statistics` on ``sequences`` (real data, as one
@@ -116,7 +120,7 @@ def posterior_predictive_check(
         "free-running": torch.stack([model.generate(len(x), x.shape[1]) for _ in range(replicates)]),
     }
     rows = []
-    for name, stat in statistics(likelihood).items():
+    for name, stat in statistics(likelihood, framed).items():
         real = float(stat(x, mask))
         replicated = {kind: torch.stack([stat(r, mask) for r in rep]).cpu() for kind, rep in reps.items()}
         p = {kind: float((values >= real).double().mean()) for kind, values in replicated.items()}

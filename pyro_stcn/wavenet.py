@@ -74,10 +74,10 @@ class GatedBlock(nn.Module):
         inputs = x if cond is None else torch.cat([x, cond], dim=1)
         return self.skip(x) + self.out(gated(self.conv(F.pad(inputs, (self.pad, 0)))))
 
-    def empty_queue(self, batch: int, device: torch.device | str) -> Tensor:
+    def empty_queue(self, batch: int) -> Tensor:
         """The past inputs a causal block needs, ``[batch, in + cond channels, pad]``:
-        zeros, as the left padding of :meth:`forward`."""
-        return torch.zeros(batch, self.conv.in_channels, self.pad, device=device)
+        zeros, as the left padding of :meth:`forward` (the weights' dtype and device)."""
+        return self.conv.weight.new_zeros(batch, self.conv.in_channels, self.pad)
 
     def step(self, x: Tensor, queue: Tensor, position: int, cond: Tensor | None = None) -> Tensor:
         """The causal block's output at one new position from its input there, ``x
@@ -85,6 +85,7 @@ class GatedBlock(nn.Module):
         the input at position m, updated in place. O(1) per step (fast Wavenet [3]).
         The convolutions over one position are matrix products (``F.linear``), which
         cost far less per call than ``conv1d`` on tensors this small."""
+        assert self.down == self.up == 1, "only causal blocks step one position at a time"
         inputs = x if cond is None else torch.cat([x, cond], dim=1)
         dilation, kernel = self.conv.dilation[0], self.conv.kernel_size[0]
         taps = [queue[:, :, (position - j * dilation) % self.pad] for j in range(kernel - 1, 0, -1)]
@@ -144,17 +145,17 @@ class Wavenet(nn.Module):
             d.append(s)
         return d
 
-    def stepper(self, batch: int, device: torch.device | str) -> "WavenetStepper":
-        return WavenetStepper(self, batch, device)
+    def stepper(self, batch: int) -> "WavenetStepper":
+        return WavenetStepper(self, batch)
 
 
 class WavenetStepper:
     """:meth:`Wavenet.over` one position at a time, with a queue per block: each call
     costs O(blocks), however long the sequence so far."""
 
-    def __init__(self, net: Wavenet, batch: int, device: torch.device | str):
+    def __init__(self, net: Wavenet, batch: int):
         self.net, self.position = net, 0
-        self.queues = [[block.empty_queue(batch, device) for block in group] for group in net.groups]
+        self.queues = [[block.empty_queue(batch) for block in group] for group in net.groups]
 
     def __call__(self, s: Tensor) -> list[Tensor]:
         """d^l at the next position from the input there, ``s [batch, x_dim]``: one

@@ -47,6 +47,8 @@ def test_evaluate_iwae_prints_a_tighter_bound(trained, capsys):
     elbo = float(out.split("-ELBO = ")[1].split(" ")[0])
     iwae = float(out.split("-IWAE bound, K = 8: ")[1].split(" ")[0])
     assert iwae < elbo and "nats per image" in out
+    with pytest.raises(SystemExit, match="--iw and --chunk must be positive numbers of draws, got 0 and 10"):
+        run.main(["evaluate", "--run", str(trained), "--iw", "0", "--device", "cpu"])
 
 
 def test_primed_samples_reconstructions_and_ppc_write_pngs(trained, capsys):

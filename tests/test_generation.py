@@ -12,9 +12,20 @@ from pyro_stcn.wavenet import Wavenet
 LIKELIHOODS = [("bernoulli", 1), ("handwriting", 3), ("gmm", 4)]
 
 
+def _units(likelihood: str, x_dim: int) -> dict:
+    """A standardisation as the training split would give: none for binary data, one
+    offset scale for handwriting, a shift and scale per channel otherwise."""
+    if likelihood == "bernoulli":
+        return {}
+    if likelihood == "handwriting":
+        return {"shift": [0.0, 0.0, 0.0], "scale": [2.5, 2.5, 1.0]}
+    return {"shift": [3.0, -2.0, 1.0, 5.0][:x_dim], "scale": [2.0, 0.5, 1.5, 3.0][:x_dim]}
+
+
 def _stcn(name: str, likelihood: str, x_dim: int):
     torch.manual_seed(0)
-    config = STCNConfig(x_dim=x_dim, likelihood=likelihood, z_dims=[4, 3, 2], channels=8, blocks=3, hidden=8)
+    config = STCNConfig(x_dim=x_dim, likelihood=likelihood, z_dims=[4, 3, 2], channels=8, blocks=3, hidden=8,
+                        **_units(likelihood, x_dim))  # fmt: skip
     return make_model(name, config).eval()
 
 
@@ -22,7 +33,8 @@ def _ms_stcn(strides: list[int], likelihood: str = "gmm", x_dim: int = 2, latent
     torch.manual_seed(0)
     layers = len(strides)
     config = MSSTCNConfig(x_dim=x_dim, likelihood=likelihood, components=2, strides=strides, channels=[6] * layers,
-                          z_dims=[2] * layers, dilations=default_dilations(strides, 3), latent=latent)  # fmt: skip
+                          z_dims=[2] * layers, dilations=default_dilations(strides, 3), latent=latent,
+                          **_units(likelihood, x_dim))  # fmt: skip
     return make_model("ms-stcn", config).eval()
 
 
@@ -34,7 +46,7 @@ def test_the_stepper_equals_the_trunk_over_the_whole_input():
     trunk = Wavenet(x_dim=3, channels=6, layers=2, blocks=4)  # dilations up to 8
     s = torch.randn(2, 3, 50)
     full = trunk.over(s)
-    stepper = trunk.stepper(2, "cpu")
+    stepper = trunk.stepper(2)
     steps = [stepper(s[:, :, i]) for i in range(50)]
     for layer in range(2):
         stepped = torch.stack([d[layer] for d in steps], dim=-1)
@@ -81,38 +93,49 @@ class Recorder:
         return value
 
 
+def _check_against_the_full_model(model, steps: int, prime: torch.Tensor | None = None) -> dict:
+    """Generate, recording every draw; then run the full model once over the finished
+    sequence, conditioned on the same latents, and compare each draw's log-density
+    under the generator's distribution with the full model's. Steps drawn before the
+    first recorded one (a prime) are filled in: x with the prime, z with zeros."""
+    record = Recorder()
+    x = model.generate(2, steps, prime=prime, draw=record)
+    names = {m for m, _, _ in record.draws}
+    drawn = {n: torch.cat([v for m, _, v in record.draws if m == n], dim=1) for n in names}
+    trace = poutine.trace(poutine.uncondition(model.model)).get_trace(x, torch.ones(2, steps, dtype=torch.bool))
+    values = {}
+    for n in names:
+        before = trace.nodes[n]["value"].shape[1] - drawn[n].shape[1]  # steps the generator did not draw
+        front = x[:, :before] if n == "x" else drawn[n].new_zeros(2, before, drawn[n].shape[-1])
+        values[n] = torch.cat([front, drawn[n]], dim=1)
+    trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x, torch.ones(2, steps).bool())
+    for n in names:
+        full = trace.nodes[n]["fn"].log_prob(values[n])[:, -drawn[n].shape[1] :]  # [batch, drawn steps]
+        stepped = torch.cat([p.log_prob(v) for m, p, v in record.draws if m == n], dim=1)
+        assert full.shape == stepped.shape and torch.allclose(stepped, full, atol=1e-4), n
+    assert torch.equal(values["x"], x)
+    return drawn
+
+
 @pytest.mark.parametrize("name", ["stcn", "stcn-dense"])
 @pytest.mark.parametrize("likelihood,x_dim", LIKELIHOODS)
 def test_each_generated_step_follows_the_full_model(name, likelihood, x_dim):
     """Every draw's log-density under the generator's distribution equals the full
-    model's, run once over the finished sequence with the same latents."""
-    model, record = _stcn(name, likelihood, x_dim), Recorder()
-    x = model.generate(2, 12, draw=record)
-    values = {n: torch.cat([v for m, _, v in record.draws if m == n], dim=1) for n in {m for m, _, _ in record.draws}}
-    mask = torch.ones(2, 12, dtype=torch.bool)
-    trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x, mask)
-    for n in values:
-        full = trace.nodes[n]["fn"].log_prob(values[n])  # [batch, time]
-        stepped = torch.cat([p.log_prob(v) for m, p, v in record.draws if m == n], dim=1)
-        assert torch.allclose(stepped, full, atol=1e-4), n
-    assert torch.equal(values["x"], x)
+    model's, with the inputs standardised as after training; primed too."""
+    model = _stcn(name, likelihood, x_dim)
+    _check_against_the_full_model(model, 12)
+    _check_against_the_full_model(model, 12, prime=model.generate(2, 5))
 
 
 @pytest.mark.parametrize("strides", MS_STRIDES)
 @pytest.mark.parametrize("likelihood,x_dim", LIKELIHOODS)
 def test_each_generated_ms_stcn_step_follows_the_full_model(strides, likelihood, x_dim):
     """As above: one coarse z per block of P_l fine steps, each drawn once."""
-    model, record = _ms_stcn(strides, likelihood, x_dim), Recorder()
-    steps = 2 * model.total_stride
-    x = model.generate(2, steps, draw=record)
-    names = {m for m, _, _ in record.draws}
-    values = {n: torch.cat([v for m, _, v in record.draws if m == n], dim=1) for n in names}
-    trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x, torch.ones(2, steps).bool())
-    for n in names:
-        full = trace.nodes[n]["fn"].log_prob(values[n])
-        stepped = torch.cat([p.log_prob(v) for m, p, v in record.draws if m == n], dim=1)
-        assert full.shape == stepped.shape and torch.allclose(stepped, full, atol=1e-4), n
-    assert values["z_1"].shape[1] == steps // strides[0] and torch.equal(values["x"], x)
+    model = _ms_stcn(strides, likelihood, x_dim)
+    steps = model.total_stride * (-(-6 // model.total_stride) + 1)  # whole top blocks, at least 7 steps
+    drawn = _check_against_the_full_model(model, steps)
+    assert drawn["z_1"].shape[1] == steps // strides[0]
+    _check_against_the_full_model(model, steps, prime=model.generate(2, 3))
 
 
 @pytest.mark.parametrize("kind", ["stcn-dense", "ms-stcn"])
@@ -127,3 +150,5 @@ def test_primed_generation_keeps_the_prime_and_continues_it(kind):
     torch.manual_seed(3)
     b = model.generate(2, 9, prime=prime + 1)
     assert not torch.allclose(a[:, 5:], b[:, 5:])
+    with pytest.raises(ValueError, match="prime has 5 steps, more than the 4 to generate|K <= 4 steps"):
+        model.generate(2, 4, prime=prime)

@@ -57,6 +57,11 @@ def test_statistics_by_hand():
     assert stats["mean stroke length (steps)"](x, mask) == pytest.approx(2.0)
     signal = torch.tensor([[[1.0], [-1.0], [1.0], [-1.0], [5.0]]])
     assert lag1_autocorrelation(signal, mask) == pytest.approx(-1.0)  # the padded 5 is not seen
+    # speech: frames of consecutive samples are one waveform; other data keep channels apart
+    frames = torch.tensor([[[1.0, -1.0], [1.0, -1.0]]])
+    two = torch.ones(1, 2, dtype=torch.bool)
+    assert statistics("gmm", framed=True)["lag-1 autocorrelation"](frames, two) == pytest.approx(-1.0)
+    assert statistics("gmm")["lag-1 autocorrelation"](frames, two) == pytest.approx(1.0)
     images = torch.tensor([[[1.0], [1.0], [0.0], [0.0]], [[1.0], [0.0], [0.0], [0.0]]])
     full = torch.ones(2, 4, dtype=torch.bool)
     assert statistics("bernoulli")["pixel density"](images, full) == pytest.approx(3 / 8)

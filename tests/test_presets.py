@@ -110,3 +110,21 @@ def test_a_cpu_preset_trains_from_the_command_line(tmp_path, monkeypatch, capsys
     assert (out / "samples.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="not --preset"):
         run.main(["train", "--resume", str(out), "--preset", "timit-stcn-cpu"])
+
+
+def test_a_zero_flag_is_not_taken_for_an_absent_one(tmp_path, monkeypatch):
+    files = _files("speech", tmp_path, monkeypatch)
+    config, _ = run.new_run_config(parse("--preset", "blizzard-ms-stcn-fw200-cpu", "--lam", "0", *files))
+    assert config["lam"] == 0.0
+
+
+def test_other_data_or_model_family_leave_out_the_presets_own_settings(tmp_path, monkeypatch, capsys):
+    np.savez(tmp_path / "mine.npz", data=np.random.default_rng(0).normal(size=(300, 2)), lengths=[10] * 30)
+    args = parse("--preset", "timit-stcn-cpu", "--data", "npz", "--data-dir", str(tmp_path / "mine.npz"))
+    config, _ = run.new_run_config(args)  # the preset's --fw 200 would not apply to npz
+    assert "fw" not in config["data_args"] and config["net"]["likelihood"] == "gaussian"
+    assert config["objective"] == "annealed"  # the rest of the recipe stays
+    assert "left out for your --data/--model: --fw, --likelihood" in capsys.readouterr().out
+    args = parse("--preset", "iamondb-stcn-dense-cpu", "--model", "ms-stcn", *_files("lasa", tmp_path, monkeypatch))
+    config, _ = run.new_run_config(args)  # STCN's --hidden and --output-layers would be refused
+    assert config["model"] == "ms-stcn" and config["net"]["likelihood"] == "handwriting"
