@@ -72,24 +72,25 @@ def wav_paths(directory: str | Path) -> list[Path]:
     return paths
 
 
-def load_wav_files(paths: list[Path], fw: int) -> list[Tensor]:
-    """The files trimmed, segmented and framed, in order. Files shorter than one 0.5 s
-    segment after trimming are skipped, with a warning."""
-    sequences, short = [], []
+def load_wav_files(paths: list[Path], fw: int) -> list[list[Tensor]]:
+    """The segments of each file, trimmed and framed, in order. Files shorter than one
+    0.5 s segment after trimming give none; one warning counts them."""
+    per_file, short = [], []
     for path in paths:
         samples, rate = read_wav(path)
         samples = trim_silence(check_finite(samples, path))
         if len(samples) < rate * SEGMENT_SECONDS:
             short.append(path)
-            continue
-        sequences += frame_segments(samples, rate, fw, path)
+            per_file.append([])
+        else:
+            per_file.append(frame_segments(samples, rate, fw, path))
+    if len(short) == len(paths):
+        raise DataError(f"{paths[0].parent}: every wav file is shorter than one 0.5 s segment after trimming silence")
     if short:
         warnings.warn(
-            f"skipped {len(short)} of {len(paths)} wav files shorter than 0.5 s, e.g. {short[0]}", stacklevel=2
+            f"skipped {len(short)} of {len(paths)} wav files shorter than 0.5 s, e.g. {short[0]}", stacklevel=3
         )
-    if not sequences:
-        raise DataError(f"{paths[0].parent}: every wav file is shorter than one 0.5 s segment after trimming silence")
-    return sequences
+    return per_file
 
 
 def sample_rate(paths: list[Path]) -> int:
@@ -120,7 +121,7 @@ def write_wav(path: str | Path, samples: Tensor, rate: int) -> None:
 
 def load_wav_dir(directory: str | Path, fw: int) -> list[Tensor]:
     """Every ``*.wav`` below ``directory`` (sorted by path), trimmed, segmented and framed."""
-    return load_wav_files(wav_paths(directory), fw)
+    return [segment for segments in load_wav_files(wav_paths(directory), fw) for segment in segments]
 
 
 def load_wav_splits(directory: str | Path, fw: int = 200, seed: int = 0) -> Splits:
@@ -129,6 +130,9 @@ def load_wav_splits(directory: str | Path, fw: int = 200, seed: int = 0) -> Spli
     paths = wav_paths(directory)
     if len(paths) < 3:
         raise DataError(f"{directory}: {len(paths)} wav files; a train/validation/test split needs at least 3")
-    rate = sample_rate(paths)
-    splits = [load_wav_files([paths[i] for i in idx], fw) for idx in held_out(len(paths), 0.1, seed)]
+    rate, per_file = sample_rate(paths), load_wav_files(paths, fw)
+    splits = [[segment for i in idx for segment in per_file[i]] for idx in held_out(len(paths), 0.1, seed)]
+    for name, segments in zip(("training", "validation", "test"), splits):
+        if not segments:
+            raise DataError(f"{directory}: the {name} split's files are all shorter than 0.5 s; add longer files")
     return Splits(*splits, likelihood="gmm", sample_rate=rate)
