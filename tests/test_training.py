@@ -25,15 +25,17 @@ def digits():
     return load_digits_splits()
 
 
-def _readme_python_block() -> str:
+def _readme_python_blocks() -> list[str]:
     text = (Path(__file__).parents[1] / "README.md").read_text()
-    return text.split("## From Python")[1].split("```python")[1].split("```")[0]
+    section = text.split("## From Python")[1].split("\n## ")[0]
+    return [block.split("```")[0] for block in section.split("```python")[1:]]
 
 
-def test_readme_svi_snippet_trains(digits):
-    """The README's Python block, executed as written."""
+def test_readme_svi_snippet_trains(digits, capsys):
+    """The README's Python blocks, executed as written."""
     namespace = {}
-    exec(_readme_python_block(), namespace)
+    train_block, check_block = _readme_python_blocks()
+    exec(train_block, namespace)
     model, guide, losses = namespace["model"], namespace["guide"], namespace["losses"]
     assert len(losses) == 100
     assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
@@ -41,6 +43,11 @@ def test_readme_svi_snippet_trains(digits):
     pyro.clear_param_store()
     untrained = evaluate_elbo(fresh.model, make_guide("ladder", fresh), digits.valid).per_sequence
     assert evaluate_elbo(model.model, guide, digits.valid).per_sequence < untrained - 5
+
+    exec(check_block, namespace)
+    assert namespace["bound"].per_sequence < evaluate_elbo(model.model, guide, digits.test[:64]).per_sequence
+    assert namespace["x_new"].shape == (8, 64, 1) and namespace["replicates"].shape == (10, 8, 64, 1)
+    assert "pixel density: real" in capsys.readouterr().out
 
 
 def test_trunk_runs_once_per_step(digits):
