@@ -351,6 +351,8 @@ def data_args(args: argparse.Namespace, data: str) -> dict:
 def load_run(run_dir: str, device: torch.device) -> tuple[dict, nn.Module, nn.Module]:
     ckpt = load_checkpoint(Path(run_dir) / "best.pt", device)
     run_config = ckpt["run_config"]
+    if "net" not in run_config:
+        sys.exit(f"error: {run_dir} was written by an older pyro-stcn (no 'net' in its config); train it again")
     model, guide = build(run_config, device)
     model.load_state_dict(ckpt["model"])
     guide.load_state_dict(ckpt["guide"])
