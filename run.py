@@ -300,7 +300,7 @@ def write_samples(model: nn.Module, data: Splits, path: Path, num: int, steps: i
     long_enough = [s for s in data.test if len(s) >= max(prime, 1)]
     if not long_enough:
         sys.exit(f"error: --prime {prime}: no test sequence has that many steps (longest {max(map(len, data.test))})")
-    real = long_enough[: num if data.likelihood == "bernoulli" else min(num, 6)]  # strokes and waves need room
+    real = long_enough[: plot_count(data.likelihood, num)]
     device = next(model.parameters()).device
     given = torch.stack([s[:prime] for s in real]).to(device) if prime else None
     generated = model.generate(len(real), steps, prime=given)
@@ -360,6 +360,18 @@ def load_run(run_dir: str, device: torch.device) -> tuple[dict, nn.Module, nn.Mo
     return run_config, model, guide
 
 
+def open_run(args: argparse.Namespace) -> tuple[dict, nn.Module, nn.Module, Splits]:
+    """The run in ``--run`` on ``--device``, its data, and the random state set from ``--seed``."""
+    run_config, model, guide = load_run(args.run, pick_device(args.device))
+    torch.manual_seed(args.seed)
+    return run_config, model, guide, load_data(run_config)
+
+
+def plot_count(likelihood: str, num: int) -> int:
+    """How many sequences a plot shows: strokes and waveforms need room, images little."""
+    return num if likelihood == "bernoulli" else min(num, 6)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     run_config, model, guide = load_run(args.run, device)
@@ -388,10 +400,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    device = pick_device(args.device)
-    run_config, model, _ = load_run(args.run, device)
-    data = load_data(run_config)
-    torch.manual_seed(args.seed)
+    _, model, _, data = open_run(args)
     name = f"samples-prime{args.prime}" if args.prime else "samples"
     path = Path(args.out or Path(args.run) / f"{name}.png")
     generated = write_samples(model, data, path, args.num, args.steps, args.prime)
@@ -406,13 +415,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     """Test sequences beside one-step-ahead reconstructions: x̂_t ~ p(x_t | x_{<t}, z_t)
     with z ~ q(z | x) (paper 1, Figure 4); for images the mean of 16 such draws."""
-    device = pick_device(args.device)
-    run_config, model, guide = load_run(args.run, device)
-    data = load_data(run_config)
-    torch.manual_seed(args.seed)
+    run_config, model, guide, data = open_run(args)
     likelihood = run_config["net"]["likelihood"]
-    real = data.test[: args.num if likelihood == "bernoulli" else min(args.num, 6)]
-    x, mask = (t.to(device) for t in pad_batch(real))
+    device = next(model.parameters()).device
+    x, mask = (t.to(device) for t in pad_batch(data.test[: plot_count(likelihood, args.num)]))
     draws = one_step_ahead(model.model, guide, x, mask, 16 if likelihood == "bernoulli" else 1)
     shown = int(mask.sum(1).min())
     panels = {"real test": x[:, :shown].cpu(), "reconstruction": draws.mean(0)[:, :shown].cpu()}
@@ -422,10 +428,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_ppc(args: argparse.Namespace) -> None:
-    device = pick_device(args.device)
-    run_config, model, guide = load_run(args.run, device)
-    data = load_data(run_config)
-    torch.manual_seed(args.seed)
+    run_config, model, guide, data = open_run(args)
+    device = next(model.parameters()).device
     likelihood = run_config["net"]["likelihood"]
     framed = data.sample_rate is not None  # speech: statistics of the waveform, frames end to end
     rows = posterior_predictive_check(model, guide, data.test[: args.num], likelihood, args.replicates, framed, device)

@@ -258,23 +258,20 @@ class MSSTCN(nn.Module):
         pass is rerun over the sequence so far whenever a layer needs d^l_{k-1}. Both
         consume the same random draws."""
         weight = next(self.parameters())
-        device, strides, period = weight.device, self.config.strides, self.total_stride
-        if prime is not None and prime.shape[1] > steps:
-            raise ValueError(f"prime has {prime.shape[1]} steps, more than the {steps} to generate")
-        total = -(-steps // period) * period  # generate whole top-layer blocks, then cut
-        x, given = start_sequences(num, total, self.config.x_dim, prime, like=weight)
+        strides, period = self.config.strides, self.total_stride
+        periods = [math.prod(strides[: l + 1]) for l in range(self.layers)]  # P_l: fine steps per step of layer l
+        x, given = start_sequences(num, steps, self.config.x_dim, prime, like=weight)
+        x = F.pad(x, (0, 0, 0, -steps % period))  # generate whole top-layer blocks, then cut
         bottom_up = _BottomUpStepper(self, num) if cached else None
         last_d = [weight.new_zeros(num, ch) for ch in self.config.channels]  # d^l_{k-1}
         g_block: list[Tensor | None] = [None] * (self.layers + 1)  # g^l over the current block of layer l+1
-        for t in range(total):
-            starts = [l for l in range(self.layers) if t % math.prod(strides[: l + 1]) == 0]
+        for t in range(x.shape[1]):
+            starts = [l for l in range(self.layers) if t % periods[l] == 0]
             if starts and not cached and t > 0:
-                full = self.bottom_up_features(x[:, :t], torch.ones(num, t, dtype=torch.bool, device=device))
-                last_d = [
-                    d[:, :, t // math.prod(strides[: l + 1]) - 1] for l, d in enumerate(full.d[: max(starts) + 1])
-                ]
+                full = self.bottom_up_features(x[:, :t], torch.ones(num, t, dtype=torch.bool, device=weight.device))
+                last_d = [d[:, :, t // periods[l] - 1] for l, d in enumerate(full.d[: max(starts) + 1])]
             for l in reversed(starts):
-                k = t // math.prod(strides[: l + 1])
+                k = t // periods[l]
                 g = None if g_block[l + 1] is None else g_block[l + 1][:, :, k % strides[l + 1], None]
                 h = self.h_of(l, g, last_d[l][:, :, None])  # Delay(d^l)_k = d^l_{k-1}
                 z = draw(f"z_{l + 1}", self.prior_dist(l, h.transpose(1, 2))) if self.config.latent else None

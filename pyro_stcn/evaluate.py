@@ -163,13 +163,12 @@ def evaluate_elbo(
             for name, value in kl.items():
                 kls.setdefault(name, []).append(value.cpu())
             steps += int(mask.sum())
-    per_seq = torch.cat(neg_elbo).double()
-    n = len(per_seq)
+    bound = BoundReport.of(torch.cat(neg_elbo), steps)
     return ElboReport(
-        per_sequence=float(per_seq.mean()),
-        stderr=float(per_seq.std() / math.sqrt(n)) if n > 1 else float("nan"),
-        per_step=float(per_seq.sum() / steps),
+        per_sequence=bound.per_sequence,
+        stderr=bound.stderr,
+        per_step=bound.per_step,
         kl_per_sequence={name: float(torch.cat(v).double().mean()) for name, v in sorted(kls.items())},
-        sequences=n,
+        sequences=bound.sequences,
         steps=steps,
     )
