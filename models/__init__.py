@@ -1,24 +1,41 @@
-"""Pyro generative models: STCN and STCN-dense, MS-STCN, and their swappable priors."""
+"""Pyro generative models: STCN and STCN-dense, MS-STCN, their swappable priors, and
+the baselines Wavenet, Wavenet-dense, RNN and VRNN."""
 
 import dataclasses
 
 from models.ms_stcn import MSSTCN, MSSTCNConfig
 from models.ms_stcn_layouts import MS_STCN_LAYOUTS
 from models.priors import PRIORS, DynamicPrior, StandardPrior
+from models.rnn import RNN, RNNConfig
 from models.stcn import STCN, STCNConfig
+from models.vrnn import VRNN, VRNNConfig
+from models.wavenet import WavenetConfig, WavenetModel
 from pyro_stcn.choices import choose
 
-MODELS = {"stcn": STCNConfig, "stcn-dense": STCNConfig, "ms-stcn": MSSTCNConfig}  # name -> its config
+MODELS = {  # name -> its config, in the order of paper 1's tables
+    "wavenet": WavenetConfig,
+    "wavenet-dense": WavenetConfig,
+    "rnn": RNNConfig,
+    "vrnn": VRNNConfig,
+    "stcn": STCNConfig,
+    "stcn-dense": STCNConfig,
+    "ms-stcn": MSSTCNConfig,
+}
+ModelConfig = STCNConfig | MSSTCNConfig | WavenetConfig | RNNConfig | VRNNConfig
+Model = STCN | MSSTCN | WavenetModel | RNN | VRNN
 
 
-def make_model(name: str, config: STCNConfig | MSSTCNConfig) -> STCN | MSSTCN:
-    """STCN (``stcn``), STCN-dense (``stcn-dense``) or MS-STCN (``ms-stcn``)."""
+def make_model(name: str, config: ModelConfig) -> Model:
+    """The model called ``name`` (a key of :data:`MODELS`) from its config. The
+    ``-dense`` variants share their plain variant's config, with ``dense`` set here."""
     config_class = choose(MODELS, name, "model")
     if not isinstance(config, config_class):
         raise ValueError(f"model {name!r} is built from an {config_class.__name__}, got {type(config).__name__}")
-    if name == "ms-stcn":
-        return MSSTCN(config)
-    return STCN(dataclasses.replace(config, dense=name == "stcn-dense"))
+    if name in ("stcn", "stcn-dense"):
+        return STCN(dataclasses.replace(config, dense=name == "stcn-dense"))
+    if name in ("wavenet", "wavenet-dense"):
+        return WavenetModel(dataclasses.replace(config, dense=name == "wavenet-dense"))
+    return {"ms-stcn": MSSTCN, "rnn": RNN, "vrnn": VRNN}[name](config)
 
 
 __all__ = [
@@ -27,8 +44,14 @@ __all__ = [
     "MSSTCN",
     "MSSTCNConfig",
     "PRIORS",
+    "RNN",
+    "RNNConfig",
     "STCN",
     "STCNConfig",
+    "VRNN",
+    "VRNNConfig",
+    "WavenetConfig",
+    "WavenetModel",
     "DynamicPrior",
     "StandardPrior",
     "make_model",

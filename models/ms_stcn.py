@@ -43,9 +43,9 @@ from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import GaussianHead
-from pyro_stcn.likelihoods import make_likelihood
 from pyro_stcn.masks import coarse_masks, pad_to_multiple, zero_padding
 from pyro_stcn.normalise import standardisation
+from pyro_stcn.observation import Observation
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import GatedBlock
 
@@ -157,8 +157,8 @@ class MSSTCN(nn.Module):
         )
         heads = zip(c.channels, c.z_dims) if c.latent else []
         self.prior = nn.ModuleList(GaussianHead(ch, ch, z, layers=0) for ch, z in heads)
-        self.likelihood = make_likelihood(c.likelihood, c.channels[0], c.x_dim, c.components)
         self.units = standardisation(c.x_dim, c.shift, c.scale)
+        self.observe = Observation(c.channels[0], c.channels[0], 0, c.likelihood, c.x_dim, c.components, self.units)
         self.features = FeatureHandoff(self.bottom_up_features, self)
 
     @property
@@ -221,7 +221,7 @@ class MSSTCN(nn.Module):
 
     def observation(self, g0: Tensor) -> dist.TorchDistribution:
         """p(x | Conv1x1(g^0)) in data units, ``g0 [batch, C_1, T]``."""
-        return self.units.to_data_units(self.likelihood(g0.transpose(1, 2)), like=g0)
+        return self.observe(g0.transpose(1, 2))
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""

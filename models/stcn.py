@@ -24,17 +24,15 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.priors import make_prior
 from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample, start_sequences
+from pyro_stcn.generate import Draw, over_trunk, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
-from pyro_stcn.heads import mlp
-from pyro_stcn.likelihoods import make_likelihood
 from pyro_stcn.masks import zero_padding
 from pyro_stcn.normalise import standardisation
+from pyro_stcn.observation import Observation
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import Features, Wavenet
 
@@ -68,9 +66,8 @@ class STCN(nn.Module):
         self.trunk = Wavenet(c.x_dim, c.channels, layers=len(c.z_dims), blocks=c.blocks)
         self.prior = make_prior(c.prior, c.channels, c.z_dims, c.hidden)
         out_dim = sum(c.z_dims) if c.dense else c.z_dims[0]
-        self.output = nn.Sequential(mlp(out_dim, c.hidden, c.hidden, layers=c.output_layers - 1), nn.ReLU())
-        self.likelihood = make_likelihood(c.likelihood, c.hidden, c.x_dim, c.components)
         self.units = standardisation(c.x_dim, c.shift, c.scale)
+        self.observe = Observation(out_dim, c.hidden, c.output_layers, c.likelihood, c.x_dim, c.components, self.units)
         self.features = FeatureHandoff(self.trunk_features, self.trunk)
 
     @property
@@ -85,7 +82,7 @@ class STCN(nn.Module):
         """p(x_t | ·) in data units from the latents ``zs`` (bottom first), each
         ``[batch, time, z_l]``."""
         h = torch.cat(zs, dim=-1) if self.config.dense else zs[0]
-        return self.units.to_data_units(self.likelihood(self.output(h)), like=h)
+        return self.observe(h)
 
     def top_down(self, d_prev: list[Tensor], sample: Callable[[str, dist.Distribution], Tensor]) -> list[Tensor]:
         """z^L .. z^1 from the prior given ``d_prev`` (``[batch, time, channels]`` per
@@ -121,17 +118,8 @@ class STCN(nn.Module):
         step, as the authors' code does (O(receptive field) per step). Both consume the
         same random draws, so with one seed they give the same sequences."""
         x, given = start_sequences(num, steps, self.config.x_dim, prime, like=next(self.parameters()))
-        s = F.pad(self.units.normalise(x), (0, 0, 1, 0)).transpose(1, 2)  # the trunk's input: a zero step first
-        stepper = self.trunk.stepper(num) if cached else None
-        field = self.trunk.receptive_field
-        for t in range(steps):
-            if cached:
-                d = stepper(s[:, :, t])
-            else:
-                d = [h[:, :, -1] for h in self.trunk.over(s[:, :, max(0, t + 1 - field) : t + 1])]
-            if t < given:
-                continue
-            zs = self.top_down([h[:, None] for h in d], draw)
-            x[:, t] = draw("x", self.observation(zs))[:, 0]
-            s[:, :, t + 1] = self.units.normalise(x[:, t])
-        return x
+
+        def emit(d_prev: list[Tensor]) -> Tensor:  # z^L_t .. z^1_t, then x_t
+            return draw("x", self.observation(self.top_down(d_prev, draw)))[:, 0]
+
+        return over_trunk(self.trunk, self.units, x, given, cached, emit)

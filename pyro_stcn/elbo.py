@@ -15,8 +15,9 @@ true negative ELBO
   (paper 2, eq. A.3; sg = stop-gradient).
 
 β and λ are plain attributes, set by the training loop from a schedule. After each
-evaluation ``self.kl`` holds the KL of each latent site (nats, summed over batch,
-time and dimensions) from the last particle, for logging.
+evaluation ``self.kl`` holds the KL of each latent layer (nats, summed over batch,
+time and dimensions) from the last particle, for logging. A layer is a site, unless
+the model groups sites (one per step, as the VRNN's) with ``infer={"layer": name}``.
 
 References:
     [1] Aksan & Hilliges, "STCN", ICLR 2019.
@@ -46,6 +47,11 @@ def _unwrap(fn):
             event_dims += fn.reinterpreted_batch_ndims
         fn = fn.base_dist
     return fn, masks, event_dims
+
+
+def layer_of(model_site: dict) -> str:
+    """The latent layer a site belongs to: ``infer["layer"]`` if set, else its name."""
+    return model_site["infer"].get("layer", model_site["name"])
 
 
 def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
@@ -95,7 +101,8 @@ class LayerwiseELBO(TraceMeanField_ELBO):
             guide_site = guide_trace.nodes[name]
             kl = unit_kl(guide_site, model_site)
             kl_sum = guide_site["scale"] * kl.sum()
-            self.kl[name] = torch_item(kl_sum)
+            layer = layer_of(model_site)
+            self.kl[layer] = self.kl.get(layer, 0.0) + torch_item(kl_sum)
             kl_total = kl_total + kl_sum
             kl_objective = kl_objective + guide_site["scale"] * self.kl_surrogate(kl)
         for name, site in guide_trace.nodes.items():

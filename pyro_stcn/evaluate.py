@@ -19,7 +19,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_stcn.data.batching import batches
-from pyro_stcn.elbo import unit_kl
+from pyro_stcn.elbo import layer_of, unit_kl
 
 
 def trace_pair(model: Callable, guide: Callable, x: Tensor, mask: Tensor):
@@ -38,15 +38,15 @@ def _samples(trace):
 
 
 def sequence_terms(model: Callable, guide: Callable, x: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """log p(x | z) and the analytic KL of each latent site, per sequence (``[batch]``
-    each), for one draw from the guide."""
+    """log p(x | z) and the analytic KL of each latent layer (``elbo.layer_of``), per
+    sequence (``[batch]`` each), for one draw from the guide."""
     guide_trace, model_trace = trace_pair(model, guide, x, mask)
     log_lik = sum(site["log_prob"].sum(-1) for _, site in _samples(model_trace) if site["is_observed"])
-    kl = {
-        name: unit_kl(guide_trace.nodes[name], site).sum((-1, -2))
-        for name, site in _samples(model_trace)
-        if not site["is_observed"]
-    }
+    kl = {}
+    for name, site in _samples(model_trace):
+        if not site["is_observed"]:
+            layer = layer_of(site)
+            kl[layer] = kl.get(layer, 0.0) + unit_kl(guide_trace.nodes[name], site).sum((-1, -2))
     return log_lik, kl
 
 

@@ -1,16 +1,21 @@
-"""What the models' samplers share: the :data:`Draw` hook that makes each draw.
+"""What the models' samplers share: the :data:`Draw` hook that makes each draw, and
+the autoregressive loop over a TCN trunk.
 
-Each model's own ``generate`` is its sampler (STCN: ``models/stcn.py``; MS-STCN:
-``models/ms_stcn.py``): cached, O(1) network work per step, or uncached, rerunning
-the network at every step as the authors' code does. A draw is ``draw(name,
-distribution)``; the default takes a fresh sample; tests record the draws, and a user
-can, for example, take the mean instead.
+Each model's own ``generate`` is its sampler (STCN and Wavenet through
+:func:`over_trunk`; MS-STCN, RNN and VRNN their own loops): the TCN samplers run cached,
+O(1) network work per step, or uncached, rerunning the network at every step as the
+authors' code does. A draw is ``draw(name, distribution)``; the default takes a fresh
+sample; tests record the draws, and a user can, for example, take the mean instead.
 """
 
 from collections.abc import Callable
 
+import torch.nn.functional as F
 from pyro.distributions import Distribution
 from torch import Tensor
+
+from pyro_stcn.normalise import Standardisation
+from pyro_stcn.wavenet import Wavenet
 
 Draw = Callable[[str, Distribution], Tensor]  # (site name, distribution) -> its value
 
@@ -32,3 +37,29 @@ def start_sequences(num: int, steps: int, x_dim: int, prime: Tensor | None, like
         )
     x[:, : prime.shape[1]] = prime
     return x, prime.shape[1]
+
+
+def over_trunk(
+    trunk: Wavenet, units: Standardisation, x: Tensor, given: int, cached: bool, emit: Callable[[list[Tensor]], Tensor]
+) -> Tensor:
+    """Fill ``x [num, steps, x_dim]`` (data units) from step ``given`` on, one step at a
+    time: x_t = ``emit(d_{t-1})``, with d_{t-1} the trunk's features of x_{<t}, one
+    ``[num, 1, channels]`` per layer, and ``emit`` returning ``[num, x_dim]``.
+
+    ``cached`` runs the trunk one step at a time with fast-Wavenet queues (O(blocks)
+    per step); otherwise it reruns the trunk over the last receptive field at every
+    step, as the authors' code does (O(receptive field) per step)."""
+    num, steps, _ = x.shape
+    s = F.pad(units.normalise(x), (0, 0, 1, 0)).transpose(1, 2)  # the trunk's input: a zero step first
+    stepper = trunk.stepper(num) if cached else None
+    field = trunk.receptive_field
+    for t in range(steps):
+        if cached:
+            d = stepper(s[:, :, t])
+        else:
+            d = [h[:, :, -1] for h in trunk.over(s[:, :, max(0, t + 1 - field) : t + 1])]
+        if t < given:
+            continue
+        x[:, t] = emit([h[:, None] for h in d])
+        s[:, :, t + 1] = units.normalise(x[:, t])
+    return x

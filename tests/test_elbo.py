@@ -119,7 +119,7 @@ def test_elbo_value_against_hand_computation(dense):
             zs.insert(0, z)
             z_above = z
         h = torch.cat(zs, -1) if dense else zs[0]
-        logits = model.likelihood.proj(model.output(h))
+        logits = model.observe.likelihood.proj(model.observe.output(h))
         log_lik = x * torch.nn.functional.logsigmoid(logits) + (1 - x) * torch.nn.functional.logsigmoid(-logits)
         expected = -(log_lik * m).sum() + kl
     assert value == pytest.approx(float(expected), rel=1e-5)

@@ -192,7 +192,7 @@ def test_elbo_against_hand_computation(strides):
             kl = kl + (_gaussian_kl(q.loc, q.scale, loc_p, scale_p).sum(-1) * coarse).sum()
             z = trace.nodes[f"z_{l + 1}"]["value"]
             g = model.up_nets[l](h, z.transpose(1, 2))
-        p_x = model.likelihood(g.transpose(1, 2)).base_dist
+        p_x = model.observe.likelihood(g.transpose(1, 2)).base_dist
         log_lik = (p_x.log_prob(xp).sum(-1) * fine).sum()
     assert value == pytest.approx(float(kl - log_lik), rel=1e-5)
 

@@ -1,0 +1,43 @@
+"""The VRNN's filtering posterior (Chung et al. 2015, eq. 9):
+
+    q(z_t | x_{<=t}, z_{<t}) = N(μ_z,t, σ_z,t),    [μ_z,t, σ_z,t] = φ_enc([φ_x(x_t), h_{t-1}])
+
+drawn step by step through the model's own recurrence (``VRNN.recurrence``), with the
+same sites, plate and masks as the model, so every KL stays analytic.
+
+References:
+    [1] Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NeurIPS 2015.
+"""
+
+import pyro
+import torch
+from torch import Tensor, nn
+
+from models.vrnn import VRNN, latent_site
+from pyro_stcn.heads import GaussianHead
+from pyro_stcn.params import register
+
+
+class VRNNGuide(nn.Module):
+    """φ_enc for ``vrnn``; call it as ``guide(x, mask)``. It uses, but does not own, the
+    model's φ_x, φ_z and LSTM (its ``state_dict`` holds φ_enc only)."""
+
+    def __init__(self, vrnn: VRNN):
+        super().__init__()
+        c = vrnn.config
+        self._vrnn = (vrnn,)  # a tuple keeps the model's parameters out of this module
+        self.encoder = GaussianHead(2 * c.hidden, c.hidden, c.z_dim, layers=1)
+
+    @property
+    def vrnn(self) -> VRNN:
+        return self._vrnn[0]
+
+    def posterior(self, x_feat: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ, σ) of q(z_t | ·) from φ_x(x_t) and h_{t-1}, each ``[batch, hidden]``."""
+        return self.encoder(torch.cat([x_feat, h_prev], dim=-1))
+
+    def forward(self, x: Tensor, mask: Tensor) -> None:
+        register("vrnn_guide", self)
+        x_feat = self.vrnn.x_features(x, mask)
+        with pyro.plate("batch", len(x), dim=-2):
+            self.vrnn.recurrence(x_feat, lambda t, h: latent_site(t, *self.posterior(x_feat[:, t], h), mask))

@@ -1,0 +1,124 @@
+"""The variational RNN (Chung et al. 2015): the stochastic recurrent baseline of paper 1.
+
+For each step t, with h_0 = 0 (eq. 5-7 of [1]):
+
+    z_t ~ p(z_t | h_{t-1}) = N(μ_0,t, σ_0,t),    [μ_0,t, σ_0,t] = φ_prior(h_{t-1})
+    x_t ~ p(x_t | z_t, h_{t-1}) = likelihood(φ_dec([φ_z(z_t), h_{t-1}]))
+    h_t = LSTM([φ_x(x_t), φ_z(z_t)], h_{t-1})
+
+The guide (``guides/vrnn.py``) is the filtering posterior q(z_t | x_{<=t}, z_{<t}) =
+N(φ_enc([φ_x(x_t), h_{t-1}])). The recurrence through z is sequential, so there is one
+latent site per step, ``z_t1 .. z_tT``, each ``Normal(loc, scale).to_event(1)`` with
+batch shape ``[batch, 1]`` under the batch plate (dim -2), masked on padded steps.
+What does not need the recurrence is vectorised over time: φ_x over all of x first, and
+the decoder and the observation site ``x`` (batch shape ``[batch, time]``) after.
+
+Every latent site carries ``infer={"layer": "z"}``, so that the ELBO's KL record and
+the evaluation report one KL for the whole sequence rather than one per step.
+
+References:
+    [1] Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NeurIPS 2015.
+    [2] Aksan & Hilliges, "STCN", ICLR 2019, Table 1.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+
+from pyro_stcn.checks import check_batch
+from pyro_stcn.generate import Draw, sample, start_sequences
+from pyro_stcn.heads import GaussianHead
+from pyro_stcn.masks import zero_padding
+from pyro_stcn.normalise import standardisation
+from pyro_stcn.observation import Observation
+from pyro_stcn.params import register
+
+
+@dataclass
+class VRNNConfig:
+    x_dim: int = 1
+    likelihood: str = "bernoulli"
+    hidden: int = 128  # width of the LSTM state, φ_x, φ_z and the prior, encoder and output nets
+    z_dim: int = 16
+    output_layers: int = 2
+    components: int = 20
+    shift: list[float] | None = None
+    scale: list[float] | None = None
+
+
+def latent_site(t: int, loc: Tensor, scale: Tensor, mask: Tensor) -> Tensor:
+    """The site of z_t ~ N(loc, scale), ``loc``, ``scale`` ``[batch, z_dim]``, masked by
+    ``mask[:, t]``; shared by model and guide, so their KL stays analytic. Returns the
+    value ``[batch, z_dim]``."""
+    z = dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1).mask(mask[:, t, None])
+    return pyro.sample(f"z_t{t + 1}", z, infer={"layer": "z"})[..., 0, :]
+
+
+class VRNN(nn.Module):
+    """The VRNN's generative networks; :meth:`model` is the Pyro model."""
+
+    def __init__(self, config: VRNNConfig):
+        super().__init__()
+        self.config = c = config
+        self.phi_x = nn.Sequential(nn.Linear(c.x_dim, c.hidden), nn.ReLU())
+        self.phi_z = nn.Sequential(nn.Linear(c.z_dim, c.hidden), nn.ReLU())
+        self.prior = GaussianHead(c.hidden, c.hidden, c.z_dim, layers=1)
+        self.cell = nn.LSTMCell(2 * c.hidden, c.hidden)
+        self.units = standardisation(c.x_dim, c.shift, c.scale)
+        obs = (2 * c.hidden, c.hidden, c.output_layers, c.likelihood, c.x_dim, c.components, self.units)
+        self.observe = Observation(*obs)
+
+    def x_features(self, x: Tensor, mask: Tensor) -> Tensor:
+        """φ_x(x_t) for every step at once, ``[batch, time, hidden]``."""
+        check_batch(x, mask, self.config.x_dim)
+        return self.phi_x(zero_padding(self.units.normalise(x), mask))
+
+    def recurrence(self, x_feat: Tensor, draw: Callable[[int, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """Run h_0 .. h_{T-1} with z_t = ``draw(t, h_{t-1})`` (``[batch, z_dim]``); returns
+        h_{t-1} and z_t for every t, ``[batch, time, hidden]`` and ``[batch, time, z_dim]``."""
+        batch, time, _ = x_feat.shape
+        h = x_feat.new_zeros(batch, self.config.hidden)
+        state = (h, torch.zeros_like(h))
+        h_prev, zs = [], []
+        for t in range(time):
+            z = draw(t, state[0])
+            h_prev.append(state[0])
+            zs.append(z)
+            state = self.cell(torch.cat([x_feat[:, t], self.phi_z(z)], dim=-1), state)
+        return torch.stack(h_prev, dim=1), torch.stack(zs, dim=1)
+
+    def observation(self, z: Tensor, h_prev: Tensor) -> dist.TorchDistribution:
+        """p(x_t | z_t, h_{t-1}) for ``z [batch, time, z_dim]``, ``h_prev [batch, time, hidden]``."""
+        return self.observe(torch.cat([self.phi_z(z), h_prev], dim=-1))
+
+    def model(self, x: Tensor, mask: Tensor) -> None:
+        """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
+        register("vrnn", self)
+        x_feat = self.x_features(x, mask)
+        batch, time = mask.shape
+        with pyro.plate("batch", batch, dim=-2):
+            h_prev, z = self.recurrence(x_feat, lambda t, h: latent_site(t, *self.prior(h), mask))
+            with pyro.plate("time", time, dim=-1):
+                pyro.sample("x", self.observation(z, h_prev).mask(mask), obs=zero_padding(x, mask))
+
+    @torch.no_grad()
+    def generate(self, num: int, steps: int, prime: Tensor | None = None, draw: Draw = sample) -> Tensor:
+        """Ancestral samples ``[num, steps, x_dim]``: z_t from the prior, then x_t, each
+        value ``draw(name, distribution)``. With ``prime [num, K, x_dim]`` the first K
+        steps are those; their z_t come from the prior too (the guide's filtering
+        posterior would be closer to the given steps)."""
+        x, given = start_sequences(num, steps, self.config.x_dim, prime, like=next(self.parameters()))
+        h = x.new_zeros(num, self.config.hidden)
+        state = (h, torch.zeros_like(h))
+        for t in range(steps):
+            h = state[0]
+            z = draw("z", dist.Normal(*self.prior(h)).to_event(1))
+            if t >= given:
+                x[:, t] = draw("x", self.observation(z[:, None], h[:, None]))[:, 0]
+            x_feat = self.phi_x(self.units.normalise(x[:, t]))
+            state = self.cell(torch.cat([x_feat, self.phi_z(z)], dim=-1), state)
+        return x

@@ -1,0 +1,33 @@
+"""The observation model shared by every model: features to p(x_t | ·) in data units.
+
+    p(x_t | h_t) = likelihood(output(h_t)),   output = ``layers`` 1x1 conv + ReLU
+
+mapped back through the input standardisation (``pyro_stcn.normalise``), so that its
+log-density is in the data's own units. STCN feeds it the latents, Wavenet the trunk's
+features, the RNNs their state; MS-STCN uses no output layers (p(x | Conv1x1(g^0))).
+"""
+
+from pyro import distributions as dist
+from torch import Tensor, nn
+
+from pyro_stcn.heads import mlp
+from pyro_stcn.likelihoods import make_likelihood
+from pyro_stcn.normalise import Standardisation
+
+
+class Observation(nn.Module):
+    """``observation(h)`` for features ``h [batch, time, in_dim]``: a distribution with
+    batch shape ``[batch, time]`` and event shape ``[x_dim]``, in data units."""
+
+    def __init__(
+        self, in_dim: int, hidden: int, layers: int, likelihood: str, x_dim: int, components: int,
+        units: Standardisation,
+    ):  # fmt: skip
+        super().__init__()
+        self.output = nn.Sequential(mlp(in_dim, hidden, hidden, layers=layers - 1), nn.ReLU()) if layers else None
+        self.likelihood = make_likelihood(likelihood, hidden if layers else in_dim, x_dim, components)
+        self.units = units
+
+    def forward(self, h: Tensor) -> dist.TorchDistribution:
+        features = h if self.output is None else self.output(h)
+        return self.units.to_data_units(self.likelihood(features), like=h)
