@@ -8,6 +8,7 @@
     python run.py reconstruct --run runs/NAME # test sequences beside their reconstructions
     python run.py ppc --run runs/NAME         # posterior predictive checks
     python run.py bench                       # cached vs uncached generation time
+    python run.py compare --budget 3          # baselines and STCNs, 3 minutes each, one table
 
 ``python run.py COMMAND --help`` lists every option.
 """
@@ -25,11 +26,23 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from guides import GUIDES, make_guide
-from models import MODELS, MS_STCN_LAYOUTS, PRIORS, MSSTCNConfig, STCNConfig, make_model
+from guides import GUIDES, default_guide, make_guide
+from models import (
+    MODELS,
+    MS_STCN_LAYOUTS,
+    PRIORS,
+    ModelConfig,
+    MSSTCNConfig,
+    RNNConfig,
+    STCNConfig,
+    VRNNConfig,
+    WavenetConfig,
+    make_model,
+)
 from models.ms_stcn import default_dilations
 from pyro_stcn.benchmark import time_generation
 from pyro_stcn.checkpoint import load_checkpoint
+from pyro_stcn.compare import Contender, compare, write_comparison
 from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch
 from pyro_stcn.data.wav import write_wav
 from pyro_stcn.elbo import OBJECTIVES, make_objective
@@ -47,6 +60,11 @@ from pyro_stcn.train import TrainConfig, train
 # same sizes unless flags say otherwise.
 DEFAULT_STCN = STCNConfig(z_dims=[16, 8, 8, 4], channels=32, blocks=4, hidden=32)
 DEFAULT_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
+# The baselines, sized like the default STCN: Wavenet is its trunk without latents; the
+# recurrent models have parameter counts of the same order.
+DEFAULT_WAVENET = WavenetConfig(layers=4, channels=32, blocks=4, hidden=32)
+DEFAULT_RNN = RNNConfig(hidden=128)
+DEFAULT_VRNN = VRNNConfig(hidden=64, z_dim=16)
 # MS-STCN without --layout: paper 2's IAM-OnDB layout (strides, dilations) at CPU size.
 DEFAULT_MS_STCN = MSSTCNConfig(
     strides=[1, 2, 2, 2, 1], channels=[32] * 5, z_dims=[8, 8, 8, 4, 2], dilations=default_dilations([1, 2, 2, 2, 1], 4)
@@ -70,7 +88,21 @@ def build(run_config: dict, device: torch.device) -> tuple[nn.Module, nn.Module]
     return model, guide
 
 
-def net_config(args: argparse.Namespace, model: str, data: Splits) -> STCNConfig | MSSTCNConfig:
+# The network flags each model takes (besides --likelihood).
+MODEL_FLAGS = {
+    "stcn": {"prior", "channels", "blocks", "hidden", "z_dims", "output_layers", "components"},
+    "wavenet": {"channels", "blocks", "layers", "hidden", "output_layers", "components"},
+    "rnn": {"hidden", "output_layers", "components"},
+    "vrnn": {"hidden", "z_dims", "output_layers", "components"},
+    "ms-stcn": {"channels", "blocks", "z_dims", "layout", "strides", "deterministic", "components"},
+}
+MODEL_FLAGS["stcn-dense"], MODEL_FLAGS["wavenet-dense"] = MODEL_FLAGS["stcn"], MODEL_FLAGS["wavenet"]
+# Models whose network sizes mean the same things: a preset's sizes carry over within a family only.
+FAMILIES = {"stcn": "tcn", "stcn-dense": "tcn", "wavenet": "tcn", "wavenet-dense": "tcn"}
+FAMILIES |= {"rnn": "rnn", "vrnn": "rnn", "ms-stcn": "ms-stcn"}
+
+
+def net_config(args: argparse.Namespace, model: str, data: Splits) -> ModelConfig:
     """The network's sizes from the flags, a layout or the defaults; x_dim and the input
     standardisation always come from the data, the likelihood from the data or the flag."""
     likelihood = args.likelihood or data.likelihood
@@ -81,22 +113,28 @@ def net_config(args: argparse.Namespace, model: str, data: Splits) -> STCNConfig
         )
     units = Standardisation.fit(data.train, likelihood)  # training split only
     from_data = {"x_dim": data.x_dim, "likelihood": likelihood, "shift": units.shift, "scale": units.scale}
-    if model != "ms-stcn":
-        for flag in ("layout", "strides", "deterministic"):
-            if getattr(args, flag):
-                sys.exit(f"error: --{flag} applies to --model ms-stcn only")
-        if args.channels and len(args.channels) > 1:
-            sys.exit(f"error: STCN has one width for all blocks; --channels got {len(args.channels)} values")
-        sizes = given(args, ["prior", "blocks", "hidden", "z_dims", "components", "output_layers"])
-        if args.channels:
-            sizes["channels"] = args.channels[0]
+    wrong = [f for f in [*NET_SIZE_FLAGS, "deterministic"] if getattr(args, f) and f not in MODEL_FLAGS[model]]
+    if wrong:
+        takes = ", ".join("--" + f.replace("_", "-") for f in sorted(MODEL_FLAGS[model]))
+        sys.exit(f"error: --{wrong[0].replace('_', '-')} does not apply to --model {model}, which takes {takes}")
+    per_layer = {"ms-stcn": {"channels", "z_dims"}, "stcn": {"z_dims"}, "stcn-dense": {"z_dims"}}.get(model, set())
+    for flag in ("channels", "z_dims"):
+        values = getattr(args, flag)
+        if values and len(values) > 1 and flag not in per_layer:
+            sys.exit(f"error: --model {model} takes one value for --{flag.replace('_', '-')}, got {len(values)}")
+    sizes = given(args, ["prior", "blocks", "hidden", "z_dims", "components", "output_layers", "layers"])
+    if args.channels:
+        sizes["channels"] = args.channels[0]
+    if model in ("stcn", "stcn-dense"):
         return dataclasses.replace(DEFAULT_STCN, **sizes, **from_data)
-    for flag in ("prior", "hidden", "output_layers"):
-        if getattr(args, flag):
-            sys.exit(
-                f"error: --{flag.replace('_', '-')} applies to STCN only; "
-                "MS-STCN's prior is p(z^l | h^l) and its output p(x | Conv1x1(g^0))"
-            )
+    if model in ("wavenet", "wavenet-dense"):
+        return dataclasses.replace(DEFAULT_WAVENET, **sizes, **from_data)
+    if model == "rnn":
+        return dataclasses.replace(DEFAULT_RNN, **sizes, **from_data)
+    if model == "vrnn":
+        if "z_dims" in sizes:
+            sizes["z_dim"] = sizes.pop("z_dims")[0]
+        return dataclasses.replace(DEFAULT_VRNN, **sizes, **from_data)
     base = MS_STCN_LAYOUTS[args.layout] if args.layout else DEFAULT_MS_STCN
     strides = args.strides or base.strides
     layers = len(strides)
@@ -146,7 +184,7 @@ def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
     ]
     if not report.kl_per_sequence:
         return lines + ["no latent variables: this -ELBO is the exact negative log-likelihood"]
-    names = sorted(report.kl_per_sequence, key=lambda n: int(n.split("_")[1]))
+    names = sorted(report.kl_per_sequence, key=lambda n: (len(n), n))  # z_1 .. z_L, then z_10
     kls = [report.kl_per_sequence[n] for n in names]
     return lines + [
         "KL of each latent layer, nats per sequence (bottom layer first):",
@@ -156,13 +194,13 @@ def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
     ]
 
 
-NET_FLAGS = ["prior", "channels", "blocks", "hidden", "z_dims", "layout", "strides"]
-NET_FLAGS += ["likelihood", "components", "output_layers"]
+NET_SIZE_FLAGS = ["prior", "channels", "blocks", "layers", "hidden", "z_dims", "layout", "strides"]
+NET_SIZE_FLAGS += ["components", "output_layers"]
+NET_FLAGS = NET_SIZE_FLAGS + ["likelihood"]
 TRAIN_FLAGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "valid_sequences", "crop"]
 RUN_DEFAULTS = {
     "data": "digits",
     "model": "stcn-dense",
-    "guide": "ladder",
     "objective": "elbo",
     "beta_rate": 1e-4,
     "lam": 0.5,
@@ -175,12 +213,13 @@ def given(args: argparse.Namespace, names) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def new_run_config(args: argparse.Namespace) -> tuple[dict, Splits]:
+def new_run_config(args: argparse.Namespace, quiet: bool = False) -> tuple[dict, Splits]:
     """A new run's config (as config.json holds it) from the flags, the preset and the
     defaults, in that order of precedence; and the run's data."""
     if args.preset:
-        apply_preset(args, args.preset)
+        apply_preset(args, args.preset, quiet)
     run_config = {**RUN_DEFAULTS, **given(args, RUN_DEFAULTS), **given(args, ["preset"])}
+    run_config["guide"] = args.guide or default_guide(run_config["model"])
     run_config["data_args"] = data_args(args, run_config["data"])
     data = load_data(run_config)
     run_config["net"] = dataclasses.asdict(net_config(args, run_config["model"], data))
@@ -195,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not config_path.is_file():
             sys.exit(f"error: --resume {run_dir}: no config.json there, so it is not a run directory")
         changed = set(given(args, [*NET_FLAGS, *TRAIN_FLAGS, *RUN_DEFAULTS, "out", "fw", "data_dir", "binarise"]))
-        changed |= set(given(args, ["preset", "split_lists"]))
+        changed |= set(given(args, ["guide", "preset", "split_lists"]))
         changed -= {"steps"}
         changed |= {flag for flag in ("deterministic", "dequantise") if getattr(args, flag)}
         if changed:
@@ -215,12 +254,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         run_dir = Path(args.out or f"runs/{name}")
         if (run_dir / "last.pt").exists():
             sys.exit(f"error: {run_dir} already holds a run; continue it with --resume {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
 
     device = pick_device(args.device)
     pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
     model, guide = build(run_config, device)
+    if not args.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
     objective = make_objective(run_config["objective"])
     prior = f" and the {run_config['net']['prior']} prior" if "prior" in run_config["net"] else ""
     size = sum(p.numel() for m in (model, guide) for p in m.parameters())
@@ -242,7 +282,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         run_config=run_config,
         progress=not args.no_progress,
     )
-    stop = "early stop" if result.stopped_early else "step budget"
+    stop = "early stop" if result.stopped_early else "time budget" if result.out_of_time else "step budget"
     print(
         f"trained {result.last_step} steps in {result.seconds:.0f} s ({stop}); best validation "
         f"-ELBO {result.best_valid:.2f} nats per sequence at step {result.best_step}"
@@ -268,25 +308,34 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 DATA_SPECIFIC = ["fw", "binarise", "dequantise", "split_lists", "likelihood", "components", "crop"]
-FAMILY_SPECIFIC = ["prior", "channels", "blocks", "hidden", "z_dims", "output_layers", "layout", "strides"]
 
 
-def apply_preset(args: argparse.Namespace, name: str) -> None:
+def apply_preset(args: argparse.Namespace, name: str, quiet: bool = False) -> None:
     """Fill the flags the user did not give from the preset ``name``. Where the user
     picks other data, the preset's settings for its own data are left out; where they
-    pick a model of the other family (STCN vs MS-STCN), its network sizes are."""
+    pick another model, the network sizes it does not take (all of them for a model of
+    another family: RNNs for a TCN preset, say) and a guide that does not fit it.
+    A Wavenet given an STCN preset takes as many feature levels as it has latent layers."""
     preset = dict(PRESETS[name])
+    model = args.model or preset["model"]
     left_out = []
     if args.data is not None and args.data != preset["data"]:
         left_out += [k for k in DATA_SPECIFIC if k in preset]
-    if args.model is not None and (args.model == "ms-stcn") != (preset["model"] == "ms-stcn"):
-        left_out += [k for k in FAMILY_SPECIFIC if k in preset]
+    if FAMILIES[model] != FAMILIES[preset["model"]]:
+        left_out += [k for k in NET_SIZE_FLAGS if k in preset and k != "components"]
+    else:
+        left_out += [k for k in NET_SIZE_FLAGS if k in preset and k not in MODEL_FLAGS[model]]
+        if model in ("wavenet", "wavenet-dense") and "z_dims" in preset and args.layers is None:
+            args.layers = len(preset["z_dims"])
+    if "guide" in preset and default_guide(model) != default_guide(preset["model"]):
+        left_out.append("guide")
     for dest, value in preset.items():
         if dest not in left_out and (getattr(args, dest) is None or getattr(args, dest) is False):
             setattr(args, dest, value)
-    print(f"preset {name} = {as_flags(preset)} (flags you give override these)")
-    if left_out:
-        print(f"  left out for your --data/--model: {', '.join('--' + k.replace('_', '-') for k in left_out)}")
+    if not quiet:
+        print(f"preset {name} = {as_flags(preset)} (flags you give override these)")
+        if left_out:
+            print(f"  left out for your --data/--model: {', '.join('--' + k.replace('_', '-') for k in left_out)}")
 
 
 def write_samples(model: nn.Module, data: Splits, path: Path, num: int, steps: int | None = None,
@@ -478,6 +527,76 @@ def cmd_bench(args: argparse.Namespace) -> None:
         )
 
 
+COMPARED = ["wavenet", "wavenet-dense", "rnn", "vrnn", "stcn", "stcn-dense"]  # paper 1's Table 1 rows
+PRINTED = {"wavenet": "Wavenet", "wavenet-dense": "Wavenet-dense", "rnn": "RNN", "vrnn": "VRNN", "stcn": "STCN"}
+PRINTED |= {"stcn-dense": "STCN-dense", "ms-stcn": "MS-STCN"}
+COLUMNS = {"bernoulli": "Bernoulli", "gaussian": "Gaussian", "gmm": "GMM", "handwriting": "pen Bernoulli × GMM"}
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Every model of ``--models`` with every likelihood of ``--likelihoods``, each set up
+    as ``run.py train`` would with the same preset, data and seed, trained for the same
+    time budget and scored on the same test split (``pyro_stcn.compare``)."""
+    if args.budget <= 0 or args.iw < 1:
+        sys.exit(f"error: --budget and --iw must be positive, got {args.budget} minutes and {args.iw} draws")
+    device = pick_device(args.device)
+    data_name = args.data or (PRESETS[args.preset]["data"] if args.preset else RUN_DEFAULTS["data"])
+    out = Path(args.out or f"runs/compare-{args.preset or data_name}")
+    if args.preset:
+        print(f"preset {args.preset} = {as_flags(PRESETS[args.preset])}, less what each model does not take")
+    contenders, data = [], None
+    for likelihood in args.likelihoods or [None]:
+        for model in args.models or COMPARED:
+            flags = ["train", "--model", model, "--seed", str(args.seed)]
+            flags += [f"--{k}={v}" for k, v in (("preset", args.preset), ("data", args.data)) if v]
+            flags += ["--likelihood", likelihood] if likelihood else []
+            run_config, data = new_run_config(parser().parse_args(flags), quiet=True)
+            run_config["train"].update(steps=10**9, budget=60 * args.budget)  # the time budget ends training
+            run_dir = out / f"{model}-{run_config['net']['likelihood']}"
+            saved = run_dir / "config.json"
+            if saved.exists() and json.loads(saved.read_text()) != run_config:
+                sys.exit(f"error: {run_dir} holds a run with other settings; give another --out or remove it")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(run_config, indent=2))
+            pyro.set_rng_seed(args.seed)  # the seed sets the initial weights too
+            network, guide = build(run_config, device)
+            contenders.append(
+                Contender(
+                    model,
+                    COLUMNS[run_config["net"]["likelihood"]],
+                    network,
+                    guide,
+                    make_objective(run_config["objective"]),
+                    TrainConfig(**run_config["train"]),
+                    run_dir,
+                    schedules_for(run_config),
+                    run_config,
+                )  # fmt: skip
+            )
+    print(f"comparing {len(contenders)} models on {data_name}, {args.budget:g} minutes each, on {device}; in {out}")
+    scores = compare(contenders, data, 60 * args.budget, args.iw, device, progress=not args.no_progress)
+    title = f"{data_name}" + (f", preset {args.preset}" if args.preset else "")
+    title += f", {args.budget:g} minutes of training per model on {device} ({torch.get_num_threads()} threads)"
+    print(write_comparison(scores, out, title, args.iw, PRINTED))
+    print(f"wrote {out}/: comparison.md, scores.json, validation.png, and one run directory per model")
+
+
+def model_list(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model {unknown[0]!r}; valid: {', '.join(MODELS)}")
+    return names
+
+
+def likelihood_list(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [n for n in names if n not in LIKELIHOODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown likelihood {unknown[0]!r}; valid: {', '.join(LIKELIHOODS)}")
+    return names
+
+
 def int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
@@ -504,7 +623,7 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--preset", choices=list(PRESETS), help="a paper experiment (pyro_stcn/presets/); flags override it")
     t.add_argument("--model", choices=list(MODELS), help="default stcn-dense")
-    t.add_argument("--guide", choices=list(GUIDES), help="default ladder")
+    t.add_argument("--guide", choices=list(GUIDES), help="default: ladder; vrnn for the VRNN; none without latents")
     t.add_argument("--prior", choices=list(PRIORS), help="default dynamic")
     t.add_argument("--likelihood", choices=list(LIKELIHOODS), help="default: the one the data call for")
     t.add_argument("--components", type=int, help="gmm, handwriting: mixture components (STCN default 20)")
@@ -522,10 +641,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", type=int, help="train on random windows of this many steps (long sequences)")
     t.add_argument("--channels", type=int_list, help="filters per layer (STCN: one width), e.g. 64 or 96,128,192")
     t.add_argument("--blocks", type=int, help="Wavenet blocks per layer (STCN: dilations 1..2^(K-1))")
-    t.add_argument("--hidden", type=int, help="STCN: width of the prior, posterior and output nets")
+    t.add_argument("--layers", type=int, help="Wavenet: feature levels L (default 4; from an STCN preset: its layers)")
+    t.add_argument("--hidden", type=int, help="width of the prior, posterior and output nets; RNN, VRNN: and the LSTM")
     t.add_argument("--output-layers", type=int, help="STCN: 1x1 conv + ReLU layers of the output net (default 2)")
     t.add_argument(
-        "--z-dims", type=int_list, help="latent sizes bottom to top, e.g. 16,8,8,4 (MS-STCN: or one for all)"
+        "--z-dims", type=int_list, help="latent sizes bottom to top, e.g. 16,8,8,4 (MS-STCN: or one for all; VRNN: one)"
     )
     t.add_argument("--layout", choices=list(MS_STCN_LAYOUTS), help="MS-STCN: a network layout of paper 2, app. A.1")
     t.add_argument("--strides", type=int_list, help="MS-STCN: stride of each layer, e.g. 1,2,2,2,1")
@@ -572,7 +692,19 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--num", type=int, default=1, help="sequences generated at once")
     b.set_defaults(func=cmd_bench)
 
-    for sp in (t, e, s, r, c, b):
+    m = sub.add_parser("compare", help="train several models for the same time budget and tabulate their test scores")
+    m.add_argument("--preset", choices=list(PRESETS), help="a paper experiment; each model takes what applies to it")
+    m.add_argument("--data", choices=[*DATASETS], help="a built-in data set (default: the preset's, or digits)")
+    m.add_argument("--models", type=model_list, help=f"comma-separated (default {','.join(COMPARED)})")
+    m.add_argument("--likelihoods", type=likelihood_list, help="comma-separated table columns (default: the data's)")
+    m.add_argument("--budget", type=float, required=True, metavar="MINUTES", help="training time per model")
+    m.add_argument("--iw", type=int, default=100, metavar="K", help="IWAE draws for latent-variable models")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", help="directory (default runs/compare-PRESET or runs/compare-DATA)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
+    m.set_defaults(func=cmd_compare)
+
+    for sp in (t, e, s, r, c, b, m):
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p
 

@@ -3,7 +3,8 @@
     q(z_t | x_{<=t}, z_{<t}) = N(μ_z,t, σ_z,t),    [μ_z,t, σ_z,t] = φ_enc([φ_x(x_t), h_{t-1}])
 
 drawn step by step through the model's own recurrence (``VRNN.recurrence``), with the
-same sites, plate and masks as the model, so every KL stays analytic.
+same sites, plate and masks as the model, so every KL stays analytic. The pass is
+handed to the model, which reuses its LSTM states.
 
 References:
     [1] Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NeurIPS 2015.
@@ -38,6 +39,7 @@ class VRNNGuide(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> None:
         register("vrnn_guide", self)
-        x_feat = self.vrnn.x_features(x, mask)
+        feats = self.vrnn.features.for_guide(x, mask)
         with pyro.plate("batch", len(x), dim=-2):
-            self.vrnn.recurrence(x_feat, lambda t, h: latent_site(t, *self.posterior(x_feat[:, t], h), mask))
+            draw = lambda t, h: latent_site(t, *self.posterior(feats.x[:, t], h), mask)  # noqa: E731
+            feats.guide_pass = self.vrnn.recurrence(feats.x, draw)

@@ -16,6 +16,11 @@ the decoder and the observation site ``x`` (batch shape ``[batch, time]``) after
 Every latent site carries ``infer={"layer": "z"}``, so that the ELBO's KL record and
 the evaluation report one KL for the whole sequence rather than one per step.
 
+The guide runs the recurrence with its own draws and hands the pass to the model
+(``pyro_stcn.handoff``, as MS-STCN does): while the model's sites return the guide's
+very z tensors, as under Pyro's replay, it takes the guide's LSTM states rather than
+recomputing them, so each SVI step runs the LSTM once.
+
 References:
     [1] Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NeurIPS 2015.
     [2] Aksan & Hilliges, "STCN", ICLR 2019, Table 1.
@@ -23,6 +28,7 @@ References:
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -31,6 +37,7 @@ from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, sample, start_sequences
+from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import GaussianHead
 from pyro_stcn.masks import zero_padding
 from pyro_stcn.normalise import standardisation
@@ -53,9 +60,25 @@ class VRNNConfig:
 def latent_site(t: int, loc: Tensor, scale: Tensor, mask: Tensor) -> Tensor:
     """The site of z_t ~ N(loc, scale), ``loc``, ``scale`` ``[batch, z_dim]``, masked by
     ``mask[:, t]``; shared by model and guide, so their KL stays analytic. Returns the
-    value ``[batch, z_dim]``."""
+    site's value, ``[batch, 1, z_dim]``."""
     z = dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1).mask(mask[:, t, None])
-    return pyro.sample(f"z_t{t + 1}", z, infer={"layer": "z"})[..., 0, :]
+    return pyro.sample(f"z_t{t + 1}", z, infer={"layer": "z"})
+
+
+class Pass(NamedTuple):
+    """One run of the recurrence: h_{t-1} ``[batch, time, hidden]`` and z_t ``[batch,
+    time, z_dim]`` for every t; the sites' values and the LSTM state after each step."""
+
+    h_prev: Tensor
+    z: Tensor
+    sites: list[Tensor]
+    states: list[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class VRNNFeatures:
+    x: Tensor  # φ_x(x_t) for every step, [batch, time, hidden]
+    guide_pass: Pass | None = None  # the guide's recurrence over these features
 
 
 class VRNN(nn.Module):
@@ -71,25 +94,35 @@ class VRNN(nn.Module):
         self.units = standardisation(c.x_dim, c.shift, c.scale)
         obs = (2 * c.hidden, c.hidden, c.output_layers, c.likelihood, c.x_dim, c.components, self.units)
         self.observe = Observation(*obs)
+        self.features = FeatureHandoff(self.x_features, self)
 
-    def x_features(self, x: Tensor, mask: Tensor) -> Tensor:
-        """φ_x(x_t) for every step at once, ``[batch, time, hidden]``."""
+    def x_features(self, x: Tensor, mask: Tensor) -> VRNNFeatures:
+        """φ_x(x_t) for every step at once."""
         check_batch(x, mask, self.config.x_dim)
-        return self.phi_x(zero_padding(self.units.normalise(x), mask))
+        return VRNNFeatures(self.phi_x(zero_padding(self.units.normalise(x), mask)))
 
-    def recurrence(self, x_feat: Tensor, draw: Callable[[int, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """Run h_0 .. h_{T-1} with z_t = ``draw(t, h_{t-1})`` (``[batch, z_dim]``); returns
-        h_{t-1} and z_t for every t, ``[batch, time, hidden]`` and ``[batch, time, z_dim]``."""
+    def step(self, state: tuple[Tensor, Tensor], x_feat: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """h_t = LSTM([φ_x(x_t), φ_z(z_t)], h_{t-1}) from ``x_feat`` = φ_x(x_t) and z_t, ``[batch, ·]``."""
+        return self.cell(torch.cat([x_feat, self.phi_z(z)], dim=-1), state)
+
+    def recurrence(self, x_feat: Tensor, draw: Callable[[int, Tensor], Tensor], reuse: Pass | None = None) -> Pass:
+        """Run h_0 .. h_{T-1} over ``x_feat [batch, time, hidden]`` with the site of z_t
+        drawn by ``draw(t, h_{t-1})`` (its value ``[batch, 1, z_dim]``).
+
+        ``reuse`` is a pass over the same features: while ``draw`` returns its very
+        values, its states are taken instead of recomputed."""
         batch, time, _ = x_feat.shape
         h = x_feat.new_zeros(batch, self.config.hidden)
-        state = (h, torch.zeros_like(h))
-        h_prev, zs = [], []
+        state, same = (h, torch.zeros_like(h)), reuse is not None
+        h_prev, sites, states = [], [], []
         for t in range(time):
-            z = draw(t, state[0])
+            site = draw(t, state[0])
+            same = same and site is reuse.sites[t]
             h_prev.append(state[0])
-            zs.append(z)
-            state = self.cell(torch.cat([x_feat[:, t], self.phi_z(z)], dim=-1), state)
-        return torch.stack(h_prev, dim=1), torch.stack(zs, dim=1)
+            sites.append(site)
+            state = reuse.states[t] if same else self.step(state, x_feat[:, t], site[..., 0, :])
+            states.append(state)
+        return Pass(torch.stack(h_prev, dim=1), torch.cat(sites, dim=-2), sites, states)
 
     def observation(self, z: Tensor, h_prev: Tensor) -> dist.TorchDistribution:
         """p(x_t | z_t, h_{t-1}) for ``z [batch, time, z_dim]``, ``h_prev [batch, time, hidden]``."""
@@ -98,12 +131,21 @@ class VRNN(nn.Module):
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
         register("vrnn", self)
-        x_feat = self.x_features(x, mask)
+        feats = self.features.for_model(x, mask)
         batch, time = mask.shape
+        reuse = feats.guide_pass
+        # With the guide's states, the prior of every step comes from one vectorised pass.
+        prior_loc, prior_scale = self.prior(reuse.h_prev) if reuse is not None else (None, None)
+
+        def draw(t: int, h_prev: Tensor) -> Tensor:
+            if reuse is not None and (t == 0 or h_prev is reuse.states[t - 1][0]):
+                return latent_site(t, prior_loc[:, t], prior_scale[:, t], mask)
+            return latent_site(t, *self.prior(h_prev), mask)
+
         with pyro.plate("batch", batch, dim=-2):
-            h_prev, z = self.recurrence(x_feat, lambda t, h: latent_site(t, *self.prior(h), mask))
+            run = self.recurrence(feats.x, draw, reuse=reuse)
             with pyro.plate("time", time, dim=-1):
-                pyro.sample("x", self.observation(z, h_prev).mask(mask), obs=zero_padding(x, mask))
+                pyro.sample("x", self.observation(run.z, run.h_prev).mask(mask), obs=zero_padding(x, mask))
 
     @torch.no_grad()
     def generate(self, num: int, steps: int, prime: Tensor | None = None, draw: Draw = sample) -> Tensor:
@@ -119,6 +161,5 @@ class VRNN(nn.Module):
             z = draw("z", dist.Normal(*self.prior(h)).to_event(1))
             if t >= given:
                 x[:, t] = draw("x", self.observation(z[:, None], h[:, None]))[:, 0]
-            x_feat = self.phi_x(self.units.normalise(x[:, t]))
-            state = self.cell(torch.cat([x_feat, self.phi_z(z)], dim=-1), state)
+            state = self.step(state, self.phi_x(self.units.normalise(x[:, t])), z)
         return x

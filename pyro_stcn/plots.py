@@ -18,6 +18,7 @@ def read_log(path: str | Path) -> dict[str, list[float]]:
         rows = list(csv.DictReader(f))
     cols = {k: [float(r[k]) for r in rows] for k in rows[0] if k not in ("valid_loss", "seconds")}
     cols["valid_step"] = [float(r["step"]) for r in rows if r["valid_loss"]]
+    cols["valid_seconds"] = [float(r["seconds"]) for r in rows if r["valid_loss"]]
     cols["valid_loss"] = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
     return cols
 
@@ -42,6 +43,26 @@ def plot_losses(log: dict[str, list[float]], path: str | Path, baseline: float |
     if first_valid and first_valid[0] > 0:  # positive losses: the first steps would dwarf the rest
         ax.set_ylim(top=2 * max(first_valid + [baseline or 0]))
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_validation_curves(curves: dict[str, dict[str, tuple[list[float], list[float]]]], path: str | Path) -> None:
+    """Validation -ELBO against wall-clock seconds: one panel per column (likelihood),
+    one line per model; ``curves[column][model] = (seconds, losses)``."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    for ax, (column, by_model) in zip(axes[0], curves.items()):
+        lows = []
+        for model, (seconds, losses) in by_model.items():
+            ax.plot(seconds, losses, "o-", ms=3, label=model)
+            lows.append(min(losses))
+        # The first validations of a fresh model would dwarf the differences that matter.
+        finals = [losses[-1] for _, losses in by_model.values()]
+        spread = max(finals) - min(lows)
+        ax.set_ylim(min(lows) - 0.1 * spread - 1e-6, max(finals) + 2 * spread + 1e-6)
+        ax.set(xlabel="training time (s)", ylabel="validation -ELBO (nats per sequence)", title=column)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -7,6 +7,10 @@ the objective's surrogate as gradient), divides it by the batch size, and takes 
 Adam step after clipping the global gradient norm. The parameters are those of the
 modules passed in, so nothing depends on Pyro's global param store.
 
+With a ``budget`` of seconds, training also stops when that much wall-clock time has
+passed (validations included, the time before a resumption too), after a last
+validation; ``run.py compare`` trains every model for the same budget.
+
 Every ``valid_every`` steps the validation -ELBO (β = 1, λ = 0, fixed random draws)
 is computed, on the first ``valid_sequences`` validation sequences if that is set.
 Each new best saves ``best.pt``; ``patience`` validations without a relative
@@ -48,6 +52,7 @@ class TrainConfig:
     min_improvement: float = 0.0025  # relative
     seed: int = 0
     crop: int | None = None  # train on random windows of this many steps (evaluation sees whole sequences)
+    budget: float | None = None  # stop after this many seconds of training, validations included
 
 
 @dataclass
@@ -57,6 +62,7 @@ class TrainResult:
     last_step: int
     stopped_early: bool
     seconds: float
+    out_of_time: bool  # stopped by the time budget
 
 
 LOG_FIELDS = ["step", "loss", "kl", "lr", "valid_loss", "seconds"]
@@ -84,6 +90,8 @@ def train(
     """
     if config.steps < 1 or config.valid_every < 1:
         raise ValueError(f"steps and valid_every must be positive, got {config.steps} and {config.valid_every}")
+    if config.budget is not None and config.budget <= 0:
+        raise ValueError(f"budget must be a positive number of seconds, got {config.budget}")
     if config.valid_sequences is not None and config.valid_sequences < 1:
         raise ValueError(f"valid_sequences must be positive, got {config.valid_sequences}")
     run_dir = Path(run_dir)
@@ -142,9 +150,13 @@ def train(
         data.train, config.batch_size, config.seed, start=state["step"], crop=config.crop, augment=data.augment
     )
     started = time.perf_counter() - state["seconds"]
+
+    def out_of_time() -> bool:
+        return config.budget is not None and time.perf_counter() - started >= config.budget
+
     bar = tqdm(total=config.steps, initial=state["step"], disable=not progress, dynamic_ncols=True, desc="train")
     try:
-        while state["step"] < config.steps and not state["stopped_early"]:
+        while state["step"] < config.steps and not state["stopped_early"] and not out_of_time():
             step = state["step"]
             for attr, schedule in schedules.items():
                 setattr(objective, attr, schedule(step))
@@ -165,7 +177,7 @@ def train(
                 "lr": optimizer.param_groups[0]["lr"],
                 **{f"kl_{name}": value / len(x) for name, value in sorted(objective.kl.items())},
             }
-            if step % config.valid_every == 0 or step == config.steps:
+            if step % config.valid_every == 0 or step == config.steps or out_of_time():
                 valid = evaluate_elbo(model, guide, data.valid[: config.valid_sequences], device=device).per_sequence
                 if valid < state["best_valid"]:
                     state.update(best_valid=valid, best_step=step)
@@ -198,7 +210,9 @@ def train(
     best = load_checkpoint(run_dir / "best.pt")
     for name, module in modules.items():
         module.load_state_dict(best[name])
-    return TrainResult(state["best_step"], state["best_valid"], state["step"], state["stopped_early"], state["seconds"])
+    return TrainResult(
+        state["best_step"], state["best_valid"], state["step"], state["stopped_early"], state["seconds"], out_of_time()
+    )
 
 
 class _Log:

@@ -85,9 +85,7 @@ def test_existing_run_is_not_overwritten(trained):
         run.main(["train", *TOY, "--out", str(trained), "--no-progress"])
 
 
-@pytest.mark.parametrize(
-    "flag,bad", [("--model", "wavenet"), ("--guide", "iaf"), ("--objective", "kl"), ("--prior", "x")]
-)
+@pytest.mark.parametrize("flag,bad", [("--model", "srnn"), ("--guide", "iaf"), ("--objective", "kl"), ("--prior", "x")])
 def test_unknown_names_are_refused_with_the_valid_ones(flag, bad, capsys):
     with pytest.raises(SystemExit) as e:
         run.main(["train", flag, bad])
@@ -126,16 +124,21 @@ def test_ms_stcn_trains_and_reports_each_layer(extra, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--model", "ms-stcn", "--prior", "standard"], "--prior applies to STCN only"),
-        (["--model", "stcn", "--layout", "iamondb"], "--layout applies to --model ms-stcn only"),
+        (["--model", "ms-stcn", "--prior", "standard"], "--prior does not apply to --model ms-stcn, which takes"),
+        (["--model", "stcn", "--layout", "iamondb"], "--layout does not apply to --model stcn"),
+        (["--model", "rnn", "--z-dims", "4"], "--z-dims does not apply to --model rnn, which takes --components"),
+        (["--model", "wavenet", "--deterministic"], "--deterministic does not apply to --model wavenet"),
+        (["--model", "vrnn", "--z-dims", "4,2"], "--model vrnn takes one value for --z-dims, got 2"),
+        (["--model", "vrnn", "--guide", "ladder"], "guide 'ladder' does not fit a VRNN; it takes vrnn"),
         (["--model", "ms-stcn", "--strides", "1,2", "--channels", "4", "--z-dims", "1,2,3"], "--z-dims has 3 values"),
         (["--model", "ms-stcn", "--strides", "1,2"], "--strides gives 2 layers; give --channels too"),
-        (["--model", "stcn", "--channels", "8,16"], "STCN has one width for all blocks"),
+        (["--model", "stcn", "--channels", "8,16"], "--model stcn takes one value for --channels, got 2"),
     ],
 )
 def test_inconsistent_flags_are_refused(args, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         run.main(["train", *args, "--out", str(tmp_path / "x"), "--no-progress"])
+    assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
 def test_data_options_are_checked(tmp_path):

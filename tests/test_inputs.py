@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from guides import make_guide
-from models import make_model
+from models import VRNNConfig, make_model
 from models.priors import make_prior
 from tests.conftest import ragged_batch, tiny_config
 
@@ -62,12 +62,13 @@ def test_mask_dtype_and_gaps(stcn):
 @pytest.mark.parametrize(
     "make,name,valid",
     [
-        (lambda n: make_model(n, tiny_config()), "vrnn", "stcn, stcn-dense"),
+        (lambda n: make_model(n, tiny_config()), "srnn", "wavenet, wavenet-dense, rnn, vrnn, stcn, stcn-dense"),
         (lambda n: make_guide(n, make_model("stcn", tiny_config())), "mean-field", "ladder, independent"),
         (lambda n: make_prior(n, 8, [2], 8), "flow", "dynamic, standard"),
     ],
 )
 def test_unknown_names_list_the_valid_ones(make, name, valid):
+    """A misspelt or missing name lists the valid ones."""
     with pytest.raises(ValueError, match=f"unknown (model|guide|prior) '{name}'; valid: {valid}"):
         make(name)
 
@@ -85,3 +86,10 @@ def test_the_model_being_run_owns_its_param_store_names():
     )
     svi.step(x, mask)
     assert all(not torch.equal(b, p) for b, p in zip(before, second.parameters()))
+
+
+def test_a_guide_that_does_not_fit_the_model_says_which_do():
+    with pytest.raises(ValueError, match="guide 'ladder' does not fit a VRNN; it takes vrnn"):
+        make_guide("ladder", make_model("vrnn", VRNNConfig(x_dim=2, likelihood="gaussian", hidden=8, z_dim=2)))
+    with pytest.raises(ValueError, match="guide 'vrnn' does not fit a STCN; it takes ladder or independent"):
+        make_guide("vrnn", make_model("stcn", tiny_config()))

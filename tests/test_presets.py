@@ -128,3 +128,15 @@ def test_other_data_or_model_family_leave_out_the_presets_own_settings(tmp_path,
     args = parse("--preset", "iamondb-stcn-dense-cpu", "--model", "ms-stcn", *_files("lasa", tmp_path, monkeypatch))
     config, _ = run.new_run_config(args)  # STCN's --hidden and --output-layers would be refused
     assert config["model"] == "ms-stcn" and config["net"]["likelihood"] == "handwriting"
+
+
+def test_baselines_take_from_an_stcn_preset_only_what_applies(tmp_path, monkeypatch, capsys):
+    files = _files("speech", tmp_path, monkeypatch)
+    config, _ = run.new_run_config(parse("--preset", "timit-stcn-cpu", "--model", "wavenet", *files))
+    preset = PRESETS["timit-stcn-cpu"]  # the same trunk: channels, blocks, and a level per latent layer
+    assert config["guide"] == "none" and config["net"]["layers"] == len(preset["z_dims"])
+    assert config["net"]["channels"] == preset["channels"][0] and config["net"]["blocks"] == preset["blocks"]
+    assert "left out for your --data/--model: --z-dims, --guide" in capsys.readouterr().out
+    config, _ = run.new_run_config(parse("--preset", "timit-stcn-cpu", "--model", "vrnn", *files))
+    assert config["guide"] == "vrnn" and config["net"]["hidden"] == run.DEFAULT_VRNN.hidden  # another family
+    assert config["net"]["likelihood"] == "gaussian" and config["objective"] == "annealed"
