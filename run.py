@@ -16,6 +16,7 @@
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from functools import partial
@@ -45,7 +46,7 @@ from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.compare import Contender, compare, write_comparison
 from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch
 from pyro_stcn.data.wav import write_wav
-from pyro_stcn.elbo import OBJECTIVES, make_objective
+from pyro_stcn.elbo import OBJECTIVES, bottom_first, make_objective
 from pyro_stcn.evaluate import ElboReport, evaluate_elbo, evaluate_iwae
 from pyro_stcn.likelihoods import LIKELIHOODS, SUITABLE
 from pyro_stcn.normalise import Standardisation
@@ -113,10 +114,16 @@ def net_config(args: argparse.Namespace, model: str, data: Splits) -> ModelConfi
         )
     units = Standardisation.fit(data.train, likelihood)  # training split only
     from_data = {"x_dim": data.x_dim, "likelihood": likelihood, "shift": units.shift, "scale": units.scale}
-    wrong = [f for f in [*NET_SIZE_FLAGS, "deterministic"] if getattr(args, f) and f not in MODEL_FLAGS[model]]
+    values = {f: getattr(args, f) for f in [*NET_SIZE_FLAGS, "deterministic"]}
+    chosen = [f for f, v in values.items() if v is not None and v is not False]  # a zero counts as given
+    wrong = [f for f in chosen if f not in MODEL_FLAGS[model]]
     if wrong:
         takes = ", ".join("--" + f.replace("_", "-") for f in sorted(MODEL_FLAGS[model]))
         sys.exit(f"error: --{wrong[0].replace('_', '-')} does not apply to --model {model}, which takes {takes}")
+    for flag in ("channels", "blocks", "layers", "hidden", "z_dims", "components"):
+        values = getattr(args, flag)
+        if values is not None and min(values if isinstance(values, list) else [values]) < 1:
+            sys.exit(f"error: --{flag.replace('_', '-')} must be positive, got {values}")
     per_layer = {"ms-stcn": {"channels", "z_dims"}, "stcn": {"z_dims"}, "stcn-dense": {"z_dims"}}.get(model, set())
     for flag in ("channels", "z_dims"):
         values = getattr(args, flag)
@@ -184,7 +191,7 @@ def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
     ]
     if not report.kl_per_sequence:
         return lines + ["no latent variables: this -ELBO is the exact negative log-likelihood"]
-    names = sorted(report.kl_per_sequence, key=lambda n: (len(n), n))  # z_1 .. z_L, then z_10
+    names = bottom_first(report.kl_per_sequence)
     kls = [report.kl_per_sequence[n] for n in names]
     return lines + [
         "KL of each latent layer, nats per sequence (bottom layer first):",
@@ -533,28 +540,35 @@ PRINTED |= {"stcn-dense": "STCN-dense", "ms-stcn": "MS-STCN"}
 COLUMNS = {"bernoulli": "Bernoulli", "gaussian": "Gaussian", "gmm": "GMM", "handwriting": "pen Bernoulli × GMM"}
 
 
+def without_budget(run_config: dict) -> dict:
+    """A run's config less its time budget: a rerun with a larger budget trains on."""
+    return {**run_config, "train": {k: v for k, v in run_config["train"].items() if k != "budget"}}
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     """Every model of ``--models`` with every likelihood of ``--likelihoods``, each set up
     as ``run.py train`` would with the same preset, data and seed, trained for the same
     time budget and scored on the same test split (``pyro_stcn.compare``)."""
-    if args.budget <= 0 or args.iw < 1:
+    if not math.isfinite(args.budget) or args.budget <= 0 or args.iw < 1:
         sys.exit(f"error: --budget and --iw must be positive, got {args.budget} minutes and {args.iw} draws")
     device = pick_device(args.device)
     data_name = args.data or (PRESETS[args.preset]["data"] if args.preset else RUN_DEFAULTS["data"])
     out = Path(args.out or f"runs/compare-{args.preset or data_name}")
     if args.preset:
-        print(f"preset {args.preset} = {as_flags(PRESETS[args.preset])}, less what each model does not take")
+        flags = as_flags(PRESETS[args.preset])
+        print(f"preset {args.preset} = {flags}, less what each model does not take; the time budget replaces --steps")
     contenders, data = [], None
     for likelihood in args.likelihoods or [None]:
         for model in args.models or COMPARED:
             flags = ["train", "--model", model, "--seed", str(args.seed)]
-            flags += [f"--{k}={v}" for k, v in (("preset", args.preset), ("data", args.data)) if v]
+            given_flags = ("preset", args.preset), ("data", args.data), ("data-dir", args.data_dir), ("fw", args.fw)
+            flags += [f"--{k}={v}" for k, v in given_flags if v]
             flags += ["--likelihood", likelihood] if likelihood else []
             run_config, data = new_run_config(parser().parse_args(flags), quiet=True)
             run_config["train"].update(steps=10**9, budget=60 * args.budget)  # the time budget ends training
             run_dir = out / f"{model}-{run_config['net']['likelihood']}"
             saved = run_dir / "config.json"
-            if saved.exists() and json.loads(saved.read_text()) != run_config:
+            if saved.exists() and without_budget(json.loads(saved.read_text())) != without_budget(run_config):
                 sys.exit(f"error: {run_dir} holds a run with other settings; give another --out or remove it")
             run_dir.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(run_config, indent=2))
@@ -581,20 +595,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {out}/: comparison.md, scores.json, validation.png, and one run directory per model")
 
 
-def model_list(text: str) -> list[str]:
-    names = text.split(",")
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown model {unknown[0]!r}; valid: {', '.join(MODELS)}")
-    return names
+def name_list(valid, what: str):
+    """An argparse type: comma-separated names from ``valid``, repeats dropped."""
 
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(text.split(",")))
+        unknown = [n for n in names if n not in valid]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown[0]!r}; valid: {', '.join(valid)}")
+        return names
 
-def likelihood_list(text: str) -> list[str]:
-    names = text.split(",")
-    unknown = [n for n in names if n not in LIKELIHOODS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown likelihood {unknown[0]!r}; valid: {', '.join(LIKELIHOODS)}")
-    return names
+    return parse
 
 
 def int_list(text: str) -> list[int]:
@@ -694,10 +705,13 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("compare", help="train several models for the same time budget and tabulate their test scores")
     m.add_argument("--preset", choices=list(PRESETS), help="a paper experiment; each model takes what applies to it")
-    m.add_argument("--data", choices=[*DATASETS], help="a built-in data set (default: the preset's, or digits)")
-    m.add_argument("--models", type=model_list, help=f"comma-separated (default {','.join(COMPARED)})")
-    m.add_argument("--likelihoods", type=likelihood_list, help="comma-separated table columns (default: the data's)")
-    m.add_argument("--budget", type=float, required=True, metavar="MINUTES", help="training time per model")
+    m.add_argument("--data", choices=[*DATASETS, *FORMATS], help="data set or format (default: preset's, or digits)")
+    m.add_argument("--data-dir", help="where your files are, for the formats and the paper presets")
+    m.add_argument("--fw", type=int, help="speech, wav: frame width, samples per step (default 200)")
+    m.add_argument("--models", type=name_list(MODELS, "model"), help=f"comma-separated (default {','.join(COMPARED)})")
+    m.add_argument("--likelihoods", type=name_list(LIKELIHOODS, "likelihood"), help="comma-separated columns")
+    m.add_argument("--budget", type=float, required=True, metavar="MINUTES",
+                   help="training time per model, validations included; rerun with more to train on")  # fmt: skip
     m.add_argument("--iw", type=int, default=100, metavar="K", help="IWAE draws for latent-variable models")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", help="directory (default runs/compare-PRESET or runs/compare-DATA)")

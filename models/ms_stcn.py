@@ -45,7 +45,7 @@ from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.heads import GaussianHead
 from pyro_stcn.masks import coarse_masks, pad_to_multiple, zero_padding
 from pyro_stcn.normalise import standardisation
-from pyro_stcn.observation import Observation
+from pyro_stcn.observation import Observation, rename_old_observation_keys
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import GatedBlock
 
@@ -159,6 +159,7 @@ class MSSTCN(nn.Module):
         self.prior = nn.ModuleList(GaussianHead(ch, ch, z, layers=0) for ch, z in heads)
         self.units = standardisation(c.x_dim, c.shift, c.scale)
         self.observe = Observation(c.channels[0], c.channels[0], 0, c.likelihood, c.x_dim, c.components, self.units)
+        self.register_load_state_dict_pre_hook(rename_old_observation_keys)  # runs saved before Observation
         self.features = FeatureHandoff(self.bottom_up_features, self)
 
     @property

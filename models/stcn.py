@@ -32,7 +32,7 @@ from pyro_stcn.generate import Draw, over_trunk, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.masks import zero_padding
 from pyro_stcn.normalise import standardisation
-from pyro_stcn.observation import Observation
+from pyro_stcn.observation import Observation, rename_old_observation_keys
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import Features, Wavenet
 
@@ -68,6 +68,7 @@ class STCN(nn.Module):
         out_dim = sum(c.z_dims) if c.dense else c.z_dims[0]
         self.units = standardisation(c.x_dim, c.shift, c.scale)
         self.observe = Observation(out_dim, c.hidden, c.output_layers, c.likelihood, c.x_dim, c.components, self.units)
+        self.register_load_state_dict_pre_hook(rename_old_observation_keys)  # runs saved before Observation
         self.features = FeatureHandoff(self.trunk_features, self.trunk)
 
     @property

@@ -117,6 +117,11 @@ class VRNN(nn.Module):
         h_prev, sites, states = [], [], []
         for t in range(time):
             site = draw(t, state[0])
+            if site.dim() > 3:
+                raise NotImplementedError(
+                    "the VRNN draws one particle at a time: use num_particles without vectorize_particles, "
+                    "and Predictive(parallel=False)"
+                )
             same = same and site is reuse.sites[t]
             h_prev.append(state[0])
             sites.append(site)

@@ -54,6 +54,11 @@ def layer_of(model_site: dict) -> str:
     return model_site["infer"].get("layer", model_site["name"])
 
 
+def bottom_first(layers) -> list[str]:
+    """Layer names in order, bottom first: z_1, z_2, ..., z_10 (a VRNN's single "z" too)."""
+    return sorted(layers, key=lambda name: (len(name), name))
+
+
 def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
     """KL(q || p) for every latent unit of a site, with the sites' masks applied.
 

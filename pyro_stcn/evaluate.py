@@ -131,7 +131,7 @@ class ElboReport:
     per_sequence: float
     stderr: float  # standard error of ``per_sequence`` over sequences
     per_step: float
-    kl_per_sequence: dict[str, float]  # by latent site, e.g. {"z_1": ...}
+    kl_per_sequence: dict[str, float]  # by latent layer, e.g. {"z_1": ...}
     sequences: int
     steps: int
 

@@ -31,3 +31,11 @@ class Observation(nn.Module):
     def forward(self, h: Tensor) -> dist.TorchDistribution:
         features = h if self.output is None else self.output(h)
         return self.units.to_data_units(self.likelihood(features), like=h)
+
+
+def rename_old_observation_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """A load-state-dict pre-hook: runs saved before the output net and likelihood head
+    moved into ``observe`` (an :class:`Observation`) stored them as ``output.*`` and
+    ``likelihood.*``; rename those keys so that such runs still load."""
+    for key in [k for k in state_dict if k.startswith((prefix + "output.", prefix + "likelihood."))]:
+        state_dict[prefix + "observe." + key[len(prefix) :]] = state_dict.pop(key)

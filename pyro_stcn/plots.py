@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from pyro_stcn.elbo import bottom_first  # noqa: E402
+
 
 def read_log(path: str | Path) -> dict[str, list[float]]:
     """The CSV log as columns; empty cells (no validation at that step) are dropped
@@ -72,7 +74,7 @@ def plot_layer_kl(log: dict[str, list[float]], path: str | Path) -> None:
     """KL of each latent layer (moving average) against step: a collapsed layer
     sits at zero."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    names = sorted((k for k in log if k.startswith("kl_")), key=lambda k: int(k.split("_")[-1]))
+    names = ["kl_" + n for n in bottom_first(k.removeprefix("kl_") for k in log if k.startswith("kl_"))]
     for name in names:
         smooth, width = _smooth(log[name], 50)
         ax.plot(log["step"][width - 1 :], smooth, label=name[3:])
@@ -88,7 +90,7 @@ def plot_layer_kl(log: dict[str, list[float]], path: str | Path) -> None:
 
 def plot_kl_bars(kl: dict[str, float], title: str, path: str | Path) -> None:
     """KL of each latent layer as bars, bottom layer first: a collapsed layer has none."""
-    names = sorted(kl, key=lambda n: int(n.split("_")[1]))
+    names = bottom_first(kl)
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     bars = ax.bar(names, [kl[n] for n in names], color="tab:blue")
     ax.bar_label(bars, fmt="%.2f")

@@ -90,7 +90,7 @@ def train(
     """
     if config.steps < 1 or config.valid_every < 1:
         raise ValueError(f"steps and valid_every must be positive, got {config.steps} and {config.valid_every}")
-    if config.budget is not None and config.budget <= 0:
+    if config.budget is not None and not 0 < config.budget < math.inf:
         raise ValueError(f"budget must be a positive number of seconds, got {config.budget}")
     if config.valid_sequences is not None and config.valid_sequences < 1:
         raise ValueError(f"valid_sequences must be positive, got {config.valid_sequences}")
@@ -207,11 +207,12 @@ def train(
         bar.close()
         log.close()
 
+    timed_out = state["step"] < config.steps and not state["stopped_early"]
     best = load_checkpoint(run_dir / "best.pt")
     for name, module in modules.items():
         module.load_state_dict(best[name])
     return TrainResult(
-        state["best_step"], state["best_valid"], state["step"], state["stopped_early"], state["seconds"], out_of_time()
+        state["best_step"], state["best_valid"], state["step"], state["stopped_early"], state["seconds"], timed_out
     )
 
 

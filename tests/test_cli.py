@@ -130,6 +130,9 @@ def test_ms_stcn_trains_and_reports_each_layer(extra, tmp_path, capsys):
         (["--model", "wavenet", "--deterministic"], "--deterministic does not apply to --model wavenet"),
         (["--model", "vrnn", "--z-dims", "4,2"], "--model vrnn takes one value for --z-dims, got 2"),
         (["--model", "vrnn", "--guide", "ladder"], "guide 'ladder' does not fit a VRNN; it takes vrnn"),
+        (["--model", "rnn", "--blocks", "0"], "--blocks does not apply to --model rnn"),
+        (["--model", "wavenet", "--layers", "0"], "--layers must be positive, got 0"),
+        (["--model", "stcn", "--z-dims", "4,0"], r"--z-dims must be positive, got \[4, 0\]"),
         (["--model", "ms-stcn", "--strides", "1,2", "--channels", "4", "--z-dims", "1,2,3"], "--z-dims has 3 values"),
         (["--model", "ms-stcn", "--strides", "1,2"], "--strides gives 2 layers; give --channels too"),
         (["--model", "stcn", "--channels", "8,16"], "--model stcn takes one value for --channels, got 2"),
@@ -217,3 +220,30 @@ def test_bench_prints_cached_and_uncached_times(capsys):
     assert "receptive field 316" in out
     row = next(line for line in out.splitlines() if line.startswith("| 4 |")).split("|")
     assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[5]) < 1e-4  # same draws, same sequence
+
+
+@pytest.mark.parametrize(
+    "model,sizes",
+    [
+        ("wavenet-dense", ["--channels", "8", "--blocks", "2", "--layers", "2", "--hidden", "8"]),
+        ("rnn", ["--hidden", "8"]),
+        ("vrnn", ["--hidden", "8", "--z-dims", "3"]),
+    ],
+)
+def test_baselines_train_evaluate_and_sample_from_the_command_line(model, sizes, tmp_path, capsys):
+    out = tmp_path / model
+    run.main(["train", "--model", model, *sizes, "--steps", "4", "--valid-every", "2", "--out", str(out),
+              "--no-progress", "--device", "cpu"])  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["guide"] == ("vrnn" if model == "vrnn" else "none")
+    for name in ("best.pt", "loss.png", "kl.png", "samples.png", "results.txt"):
+        assert (out / name).stat().st_size > 0, name
+    capsys.readouterr()
+    run.main(["evaluate", "--run", str(out), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    if model == "vrnn":  # one KL for all the per-step sites
+        assert "| model | z | total |" in printed and f"| {model} | " in printed
+    else:
+        assert "no latent variables: this -ELBO is the exact negative log-likelihood" in printed
+    run.main(["sample", "--run", str(out), "--num", "4", "--prime", "10", "--device", "cpu"])
+    assert (out / "samples-prime10.png").stat().st_size > 0

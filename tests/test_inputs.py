@@ -93,3 +93,14 @@ def test_a_guide_that_does_not_fit_the_model_says_which_do():
         make_guide("ladder", make_model("vrnn", VRNNConfig(x_dim=2, likelihood="gaussian", hidden=8, z_dim=2)))
     with pytest.raises(ValueError, match="guide 'vrnn' does not fit a STCN; it takes ladder or independent"):
         make_guide("vrnn", make_model("stcn", tiny_config()))
+
+
+def test_runs_saved_before_the_observation_module_still_load():
+    """Older checkpoints named the output net ``output.*`` and its head ``likelihood.*``."""
+    model = make_model("stcn", tiny_config())
+    old = {k.replace("observe.", ""): v for k, v in model.state_dict().items()}
+    assert "output.0.0.weight" in old and "likelihood.proj.weight" in old
+    fresh = make_model("stcn", tiny_config())
+    fresh.load_state_dict(old)
+    for (name, p), q in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(p, q), name

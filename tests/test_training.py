@@ -156,3 +156,15 @@ def test_early_stopping(digits, tmp_path):
             break
     assert result.stopped_early and result.last_step == step < 400
     assert result.best_valid == min(loss for _, loss in valid)
+
+
+def test_a_time_budget_stops_training_and_a_resumed_run_spends_only_the_rest(digits, tmp_path):
+    _, _, first = _train(digits, tmp_path, steps=10**6, valid_every=10**6, budget=1.0)
+    assert first.out_of_time and not first.stopped_early and 1.0 <= first.seconds < 30
+    assert first.best_step == first.last_step  # a last validation when the time ran out
+    _, _, again = _train(digits, tmp_path, steps=10**6, valid_every=10**6, budget=1.0)
+    assert again.last_step == first.last_step  # nothing left of the budget: no step taken
+    _, _, longer = _train(digits, tmp_path, steps=10**6, valid_every=10**6, budget=2.0)
+    assert longer.out_of_time and longer.last_step > first.last_step and 2.0 <= longer.seconds < 30
+    _, _, by_steps = _train(digits, tmp_path / "steps", steps=3, valid_every=10**6, budget=60.0)
+    assert by_steps.last_step == 3 and not by_steps.out_of_time
