@@ -590,7 +590,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"comparing {len(contenders)} models on {data_name}, {args.budget:g} minutes each, on {device}; in {out}")
     scores = compare(contenders, data, 60 * args.budget, args.iw, device, progress=not args.no_progress)
     title = f"{data_name}" + (f", preset {args.preset}" if args.preset else "")
-    title += f", {args.budget:g} minutes of training per model on {device} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    title += f", {args.budget:g} minutes of training per model on {device} ({threads} thread{'s' * (threads > 1)})"
     print(write_comparison(scores, out, title, args.iw, PRINTED))
     print(f"wrote {out}/: comparison.md, scores.json, validation.png, and one run directory per model")
 

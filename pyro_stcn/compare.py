@@ -62,6 +62,7 @@ class Score:
     steps: int
     seconds: float
     best_step: int
+    stopped_early: bool  # by the patience rule, before the budget ran out
     neg_elbo: ElboReport  # the exact -log p(x) when there are no latents
     neg_iwae: BoundReport | None  # None without latents
     curve: tuple[list[float], list[float]]  # validation: seconds, -ELBO
@@ -102,9 +103,8 @@ def compare(
                                          progress=bar.update)  # fmt: skip
         log = read_log(c.run_dir / "log.csv")
         curve = (log["valid_seconds"], log["valid_loss"])
-        score = Score(
-            c.model, c.likelihood, size, result.last_step, result.seconds, result.best_step, neg_elbo, neg_iwae, curve
-        )
+        score = Score(c.model, c.likelihood, size, result.last_step, result.seconds, result.best_step,
+                      result.stopped_early, neg_elbo, neg_iwae, curve)  # fmt: skip
         tqdm.write(f"  {cell(score)} nats per sequence after {score.steps} steps in {score.seconds:.0f} s")
         scores.append(score)
     return scores
@@ -141,13 +141,14 @@ def comparison_table(scores: list[Score], title: str, iw_samples: int, names: di
         lines.append(f"| {names.get(m, m)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| model | likelihood | parameters | steps | training time (s) | best validation at step |",
-        "|---|---|---|---|---|---|",
+        "| model | likelihood | parameters | steps | training time (s) | stopped by | best validation at step |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in scores:
+        stop = "early stopping" if s.stopped_early else "time budget"
         lines.append(
             f"| {names.get(s.model, s.model)} | {s.likelihood} | {s.parameters:,} | {s.steps} | {s.seconds:.0f} | "
-            f"{s.best_step} |"
+            f"{stop} | {s.best_step} |"
         )
     return "\n".join(lines)
 

@@ -36,6 +36,8 @@ def test_one_row_per_requested_model(compared):
     assert rows[0][1].split(" ± ")[0].replace(".", "").isdigit()  # exact: a plain NLL
     assert rows[1][1].startswith("≤ ") and "(ELBO " in rows[1][1]  # a bound, with the ELBO beside it
     assert (out / "validation.png").stat().st_size > 0
+    details = [line for line in (out / "comparison.md").read_text().splitlines() if " | Bernoulli | " in line]
+    assert len(details) == 3 and all("| time budget |" in line for line in details)
 
 
 def test_every_figure_is_computed_on_the_test_split(compared):
