@@ -220,15 +220,15 @@ def given(args: argparse.Namespace, names) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def new_run_config(args: argparse.Namespace, quiet: bool = False) -> tuple[dict, Splits]:
+def new_run_config(args: argparse.Namespace, quiet: bool = False, data: Splits | None = None) -> tuple[dict, Splits]:
     """A new run's config (as config.json holds it) from the flags, the preset and the
-    defaults, in that order of precedence; and the run's data."""
+    defaults, in that order of precedence; and the run's data (loaded unless given)."""
     if args.preset:
         apply_preset(args, args.preset, quiet)
     run_config = {**RUN_DEFAULTS, **given(args, RUN_DEFAULTS), **given(args, ["preset"])}
     run_config["guide"] = args.guide or default_guide(run_config["model"])
     run_config["data_args"] = data_args(args, run_config["data"])
-    data = load_data(run_config)
+    data = load_data(run_config) if data is None else data
     run_config["net"] = dataclasses.asdict(net_config(args, run_config["model"], data))
     run_config["train"] = dataclasses.asdict(dataclasses.replace(DEFAULT_TRAIN, **given(args, TRAIN_FLAGS)))
     return run_config, data
@@ -564,7 +564,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
             given_flags = ("preset", args.preset), ("data", args.data), ("data-dir", args.data_dir), ("fw", args.fw)
             flags += [f"--{k}={v}" for k, v in given_flags if v]
             flags += ["--likelihood", likelihood] if likelihood else []
-            run_config, data = new_run_config(parser().parse_args(flags), quiet=True)
+            run_config, data = new_run_config(parser().parse_args(flags), quiet=True, data=data)  # one load for all
             run_config["train"].update(steps=10**9, budget=60 * args.budget)  # the time budget ends training
             run_dir = out / f"{model}-{run_config['net']['likelihood']}"
             saved = run_dir / "config.json"

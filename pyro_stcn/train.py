@@ -154,7 +154,13 @@ def train(
     def out_of_time() -> bool:
         return config.budget is not None and time.perf_counter() - started >= config.budget
 
-    bar = tqdm(total=config.steps, initial=state["step"], disable=not progress, dynamic_ncols=True, desc="train")
+    # With a time budget the bar counts seconds of it; otherwise steps.
+    timed = config.budget is not None
+    total = round(config.budget) if timed else config.steps
+    done = min(round(state["seconds"]), total) if timed else state["step"]
+    timed_format = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s of the budget{postfix}"
+    bar = tqdm(total=total, initial=done, disable=not progress, dynamic_ncols=True, desc="train",
+               bar_format=timed_format if timed else None)  # fmt: skip
     try:
         while state["step"] < config.steps and not state["stopped_early"] and not out_of_time():
             step = state["step"]
@@ -196,9 +202,9 @@ def train(
                 checkpoint(last)
             else:
                 log.write(row)
-            bar.update(1)
+            bar.update(min(round(time.perf_counter() - started), total) - bar.n if timed else 1)
             best = f"{state['best_valid']:.2f}" if state["best_step"] else "-"
-            bar.set_postfix(loss=f"{row['loss']:.2f}", kl=f"{row['kl']:.2f}", best_valid=best, refresh=False)
+            bar.set_postfix(step=step, loss=f"{row['loss']:.2f}", kl=f"{row['kl']:.2f}", best_valid=best, refresh=False)
     except KeyboardInterrupt:
         saved = load_checkpoint(last)["train_state"]["step"] if last.exists() else 0
         tqdm.write(f"interrupted at step {state['step']}; resuming {run_dir} continues from step {saved}")
