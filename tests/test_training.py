@@ -34,7 +34,7 @@ def _readme_python_blocks() -> list[str]:
 def test_readme_svi_snippet_trains(digits, capsys):
     """The README's Python blocks, executed as written."""
     namespace = {}
-    train_block, check_block = _readme_python_blocks()
+    train_block, check_block, baseline_block = _readme_python_blocks()
     exec(train_block, namespace)
     model, guide, losses = namespace["model"], namespace["guide"], namespace["losses"]
     assert len(losses) == 100
@@ -49,6 +49,10 @@ def test_readme_svi_snippet_trains(digits, capsys):
     assert bound.sequences == 64 and bound.per_sequence < elbo + 0.1  # ≤ the -ELBO up to Monte Carlo error
     assert namespace["x_new"].shape == (8, 64, 1) and namespace["replicates"].shape == (10, 8, 64, 1)
     assert "pixel density: real" in capsys.readouterr().out
+
+    exec(baseline_block, namespace)
+    vrnn_losses = namespace["vrnn_losses"]
+    assert len(vrnn_losses) == 30 and sum(vrnn_losses[-5:]) < 0.9 * sum(vrnn_losses[:5])
 
 
 def test_trunk_runs_once_per_step(digits):
