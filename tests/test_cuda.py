@@ -37,3 +37,17 @@ def test_cpu_and_cuda_agree():
         cpu = model.trunk(x, mask).d_cur[-1]
         gpu = model.cuda().trunk(x.cuda(), mask.cuda()).d_cur[-1].cpu()
     torch.testing.assert_close(cpu, gpu, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["wavenet-dense", "rnn", "vrnn"])
+def test_baselines_train_and_sample_on_cuda(name):
+    from tests.test_baselines import tiny
+
+    model, guide = tiny(name)
+    model, guide = model.cuda(), guide.cuda()
+    x, mask = (t.cuda() for t in ragged_batch())
+    svi = pyro.infer.SVI(model.model, guide, pyro.optim.Adam({"lr": 1e-2}), loss=LinearFreeBitsELBO(lam=0.1))
+    losses = [svi.step(x, mask) for _ in range(30)]
+    assert losses[-1] < losses[0]
+    samples = model.generate(2, 20, prime=x[:2, :5])
+    assert samples.device.type == "cuda" and samples.shape == (2, 20, 2)
