@@ -66,6 +66,8 @@ DEFAULT_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, va
 DEFAULT_WAVENET = WavenetConfig(layers=4, channels=32, blocks=4, hidden=32)
 DEFAULT_RNN = RNNConfig(hidden=128)
 DEFAULT_VRNN = VRNNConfig(hidden=64, z_dim=16)
+DEFAULT_NETS = {"stcn": DEFAULT_STCN, "stcn-dense": DEFAULT_STCN, "wavenet": DEFAULT_WAVENET}
+DEFAULT_NETS |= {"wavenet-dense": DEFAULT_WAVENET, "rnn": DEFAULT_RNN, "vrnn": DEFAULT_VRNN}
 # MS-STCN without --layout: paper 2's IAM-OnDB layout (strides, dilations) at CPU size.
 DEFAULT_MS_STCN = MSSTCNConfig(
     strides=[1, 2, 2, 2, 1], channels=[32] * 5, z_dims=[8, 8, 8, 4, 2], dilations=default_dilations([1, 2, 2, 2, 1], 4)
@@ -114,8 +116,8 @@ def net_config(args: argparse.Namespace, model: str, data: Splits) -> ModelConfi
         )
     units = Standardisation.fit(data.train, likelihood)  # training split only
     from_data = {"x_dim": data.x_dim, "likelihood": likelihood, "shift": units.shift, "scale": units.scale}
-    values = {f: getattr(args, f) for f in [*NET_SIZE_FLAGS, "deterministic"]}
-    chosen = [f for f, v in values.items() if v is not None and v is not False]  # a zero counts as given
+    flags = {f: getattr(args, f) for f in [*NET_SIZE_FLAGS, "deterministic"]}
+    chosen = [f for f, v in flags.items() if v is not None and v is not False]  # a zero counts as given
     wrong = [f for f in chosen if f not in MODEL_FLAGS[model]]
     if wrong:
         takes = ", ".join("--" + f.replace("_", "-") for f in sorted(MODEL_FLAGS[model]))
@@ -132,16 +134,10 @@ def net_config(args: argparse.Namespace, model: str, data: Splits) -> ModelConfi
     sizes = given(args, ["prior", "blocks", "hidden", "z_dims", "components", "output_layers", "layers"])
     if args.channels:
         sizes["channels"] = args.channels[0]
-    if model in ("stcn", "stcn-dense"):
-        return dataclasses.replace(DEFAULT_STCN, **sizes, **from_data)
-    if model in ("wavenet", "wavenet-dense"):
-        return dataclasses.replace(DEFAULT_WAVENET, **sizes, **from_data)
-    if model == "rnn":
-        return dataclasses.replace(DEFAULT_RNN, **sizes, **from_data)
-    if model == "vrnn":
-        if "z_dims" in sizes:
-            sizes["z_dim"] = sizes.pop("z_dims")[0]
-        return dataclasses.replace(DEFAULT_VRNN, **sizes, **from_data)
+    if model == "vrnn" and "z_dims" in sizes:
+        sizes["z_dim"] = sizes.pop("z_dims")[0]
+    if model != "ms-stcn":
+        return dataclasses.replace(DEFAULT_NETS[model], **sizes, **from_data)
     base = MS_STCN_LAYOUTS[args.layout] if args.layout else DEFAULT_MS_STCN
     strides = args.strides or base.strides
     layers = len(strides)
