@@ -104,18 +104,21 @@ def plot_kl_bars(kl: dict[str, float], title: str, path: str | Path) -> None:
 PRIMED, GENERATED = "tab:gray", "tab:red"  # colours of given and generated steps
 
 
-def plot_sequences(panels: dict[str, Tensor], likelihood: str, path: str | Path, primed: int = 0) -> None:
-    """Sequences ``[n, steps, x_dim]`` in their data's own form: pen strokes for
-    handwriting, image grids for square binary images, waveforms otherwise. The first
-    ``primed`` steps of every panel but ``real`` ones are drawn as given (gray), the
-    rest as generated."""
+def plot_sequences(panels: dict[str, Tensor], kind: str, path: str | Path, primed: int = 0) -> None:
+    """Sequences ``[n, steps, x_dim]`` drawn as their data's ``kind`` (``Splits.kind``):
+    pen strokes, image grids (square images, one pixel per step), waveforms for audio,
+    and heat maps of time against dimension for any other sequences. The first
+    ``primed`` steps of every panel but ``real`` ones are drawn as given, the rest as
+    generated."""
     steps, x_dim = next(iter(panels.values())).shape[1:]
-    if likelihood == "handwriting":
+    if kind == "strokes":
         plot_strokes(panels, path, primed)
-    elif likelihood == "bernoulli" and x_dim == 1 and int(steps**0.5) ** 2 == steps:
+    elif kind == "image" and x_dim == 1 and int(steps**0.5) ** 2 == steps:
         plot_image_grids(panels, int(steps**0.5), path, primed)
-    else:
+    elif kind == "audio":
         plot_waveforms(panels, path, primed)
+    else:
+        plot_heatmaps(panels, path, primed)
 
 
 def _given(title: str, primed: int) -> int:
@@ -177,9 +180,31 @@ def plot_strokes(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -
     plt.close(fig)
 
 
+def plot_heatmaps(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -> None:
+    """``[n, steps, x_dim]`` sequences as images of dimension (rows) against time
+    (columns), as piano rolls are drawn; a vertical line ends the given steps."""
+    rows = sum(len(v) for v in panels.values())
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 0.9 * rows + 0.5), sharex=True, squeeze=False)
+    row = 0
+    for title, seqs in panels.items():
+        given = _given(title, primed)
+        for i, seq in enumerate(seqs.cpu()):
+            ax = axes[row][0]
+            ax.imshow(seq.T.float().numpy(), aspect="auto", interpolation="nearest", cmap="Greys", origin="lower")
+            if given:
+                ax.axvline(given - 0.5, color=GENERATED, lw=1)
+            ax.set_yticks([])
+            ax.set_ylabel(f"{title} {i}", rotation=0, ha="right", fontsize=7)
+            row += 1
+    axes[-1][0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_waveforms(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -> None:
-    """``[n, steps, x_dim]`` sequences as signals: speech frames of consecutive samples
-    joined into one waveform; other data one line per dimension."""
+    """``[n, steps, frame]`` audio as signals: frames of consecutive samples joined
+    into one waveform."""
     rows = sum(len(v) for v in panels.values())
     fig, axes = plt.subplots(rows, 1, figsize=(8, 0.9 * rows + 0.5), sharex=True, squeeze=False)
     row = 0

@@ -46,13 +46,13 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * weight).sum() / weight.sum()
 
 
-def _signal(x: Tensor, mask: Tensor, likelihood: str, framed: bool) -> tuple[Tensor, Tensor]:
+def _signal(x: Tensor, mask: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     """The values a statistic looks at, ``[batch, length, channels]`` with their mask:
-    the pen offsets (dx, dy) for handwriting; for ``framed`` audio the waveform, frames
-    end to end; the values themselves otherwise."""
-    if likelihood == "handwriting":
+    the pen offsets (dx, dy) for strokes; for audio the waveform, frames end to end;
+    the values themselves otherwise."""
+    if kind == "strokes":
         return x[..., :2], mask
-    if framed:
+    if kind == "audio":
         return x.reshape(len(x), -1, 1), mask.repeat_interleave(x.shape[-1], dim=1)
     return x, mask
 
@@ -65,14 +65,13 @@ def lag1_autocorrelation(x: Tensor, mask: Tensor) -> Tensor:
     return _masked_mean(centred[:, 1:] * centred[:, :-1], pairs) / _masked_mean(centred**2, mask)
 
 
-def statistics(likelihood: str, framed: bool = False) -> dict[str, Statistic]:
-    """The test statistics for data of this likelihood; ``framed``: each step is a frame
-    of consecutive audio samples."""
+def statistics(kind: str) -> dict[str, Statistic]:
+    """The test statistics for data of this kind (``Splits.kind``)."""
 
     def on_signal(stat: Statistic) -> Statistic:
-        return lambda x, mask: stat(*_signal(x, mask, likelihood, framed))
+        return lambda x, mask: stat(*_signal(x, mask, kind))
 
-    if likelihood == "bernoulli":
+    if kind == "image":
 
         def density_variance(x: Tensor, mask: Tensor) -> Tensor:
             return ((x * mask[..., None]).sum((1, 2)) / mask.sum(1)).var()  # of each image's ink fraction
@@ -87,7 +86,7 @@ def statistics(likelihood: str, framed: bool = False) -> dict[str, Statistic]:
         "variance": on_signal(lambda x, mask: _masked_mean((x - _masked_mean(x, mask)) ** 2, mask)),
         "lag-1 autocorrelation": on_signal(lag1_autocorrelation),
     }
-    if likelihood == "handwriting":
+    if kind == "strokes":
         stats["pen-up rate"] = lambda x, mask: _masked_mean(x[..., 2], mask)
         stats["mean stroke length (steps)"] = lambda x, mask: mask.sum() / (x[..., 2] * mask).sum().clamp(min=1)
     return stats
@@ -106,9 +105,8 @@ def posterior_predictive_check(
     model,
     guide: Callable,
     sequences: Sequence[Tensor],
-    likelihood: str,
+    kind: str,
     replicates: int = 20,
-    framed: bool = False,
     device: torch.device | str = "cpu",
 ) -> list[CheckRow]:
     """Each statistic of :func:`statistics` on ``sequences`` (real data, as one
@@ -120,7 +118,7 @@ def posterior_predictive_check(
         "free-running": torch.stack([model.generate(len(x), x.shape[1]) for _ in range(replicates)]),
     }
     rows = []
-    for name, stat in statistics(likelihood, framed).items():
+    for name, stat in statistics(kind).items():
         real = float(stat(x, mask))
         replicated = {kind: torch.stack([stat(r, mask) for r in rep]).cpu() for kind, rep in reps.items()}
         p = {kind: float((values >= real).double().mean()) for kind, values in replicated.items()}

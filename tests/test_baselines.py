@@ -9,10 +9,10 @@ import pytest
 import torch
 from pyro import poutine
 
-from guides import default_guide, make_guide
-from models import RNNConfig, VRNNConfig, WavenetConfig, make_model
+from models import RNNConfig, VRNNConfig, WavenetConfig
 from pyro_stcn.elbo import LayerwiseELBO
 from pyro_stcn.evaluate import evaluate_elbo, iwae_bound, sequence_terms
+from pyro_stcn.registry import default_guide, make_guide, make_model
 from tests.conftest import ragged_batch
 
 T = 12

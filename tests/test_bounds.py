@@ -5,10 +5,9 @@ import pyro
 import pytest
 import torch
 
-from guides import make_guide
-from models import make_model
 from pyro_stcn.evaluate import evaluate_elbo, evaluate_iwae, iwae_bound, sequence_terms
 from pyro_stcn.masks import zero_padding
+from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from guides import make_guide
-from models import make_model
+from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 T = 12

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import run
+from pyro_stcn import cli as run
+from pyro_stcn import runs
 
 TOY = ["--steps", "6", "--valid-every", "3", "--channels", "8", "--hidden", "8", "--z-dims", "4,2", "--blocks", "2"]
 
@@ -190,7 +191,7 @@ def test_iamondb_split_lists_from_the_command_line(tmp_path):
         (tmp_path / name).write_text(forms + "\n")
     args = run.parser().parse_args(["train", "--data", "iamondb", "--data-dir", str(tmp_path / "lineStrokes"),
                                     "--split-lists", str(tmp_path)])  # fmt: skip
-    config, data = run.new_run_config(args)
+    config, data = runs.new_run_config(run.settings_of(args))
     assert config["data_args"]["split_lists"] == str(tmp_path)
     assert (len(data.train), len(data.valid), len(data.test)) == (3, 1, 2)
     with pytest.raises(SystemExit, match="--split-lists does not apply to --data lasa"):

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-import run
+from pyro_stcn import cli as run
+from pyro_stcn import runs
 from pyro_stcn.evaluate import evaluate_elbo, evaluate_iwae
 
 
@@ -46,8 +47,9 @@ def test_every_figure_is_computed_on_the_test_split(compared):
     table = (out / "comparison.md").read_text()
     for score in scores:
         run_dir = out / f"{score['model']}-bernoulli"
-        config, model, guide = run.load_run(str(run_dir), torch.device("cpu"))
-        test = run.load_data(config).test
+        loaded = runs.load_run(str(run_dir), torch.device("cpu"))
+        config, model, guide = loaded.config, loaded.model, loaded.guide
+        test = runs.load_data(config).test
         elbo = evaluate_elbo(model.model, guide, test, seed=0)
         assert score["neg_elbo"]["sequences"] == len(test) == elbo.sequences
         assert math.isclose(score["neg_elbo"]["per_sequence"], elbo.per_sequence, rel_tol=1e-6)

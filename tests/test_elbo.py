@@ -6,8 +6,6 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
-from guides import make_guide
-from models import make_model
 from pyro_stcn.elbo import (
     AnnealedELBO,
     FreeBitsELBO,
@@ -17,6 +15,7 @@ from pyro_stcn.elbo import (
     unit_kl,
 )
 from pyro_stcn.evaluate import iwae_bound, sequence_terms
+from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 

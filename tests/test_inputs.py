@@ -4,9 +4,9 @@ import pyro
 import pytest
 import torch
 
-from guides import make_guide
-from models import VRNNConfig, make_model
+from models import VRNNConfig
 from models.priors import make_prior
+from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 

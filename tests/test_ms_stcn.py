@@ -11,12 +11,12 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from guides import make_guide
-from models import MS_STCN_LAYOUTS, MSSTCNConfig, make_model
+from models import MS_STCN_LAYOUTS, MSSTCNConfig
 from models.ms_stcn import default_dilations
 from pyro_stcn.data import pad_batch
 from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import evaluate_elbo, sequence_terms
+from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch
 
 STRIDES = [[1, 1, 1], [1, 2, 2], [2, 3, 1], [1, 2, 2, 2, 1], [1, 5, 5, 4, 1]]

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from guides import make_guide
-from models import MSSTCNConfig, make_model
+from models import MSSTCNConfig
 from pyro_stcn.predictive import lag1_autocorrelation, one_step_ahead, posterior_predictive_check, statistics
+from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 
@@ -51,7 +51,7 @@ def test_one_step_ahead_conditions_on_the_real_history():
 def test_statistics_by_hand():
     mask = torch.tensor([[True, True, True, True, False]])
     x = torch.tensor([[[1.0, 0, 0], [3.0, 2, 1], [1.0, 0, 0], [3.0, 2, 1], [99.0, 99, 1]]])
-    stats = statistics("handwriting")
+    stats = statistics("strokes")
     assert stats["mean"](x, mask) == pytest.approx(1.5)  # dx and dy of the 4 real steps
     assert stats["pen-up rate"](x, mask) == pytest.approx(0.5)
     assert stats["mean stroke length (steps)"](x, mask) == pytest.approx(2.0)
@@ -60,19 +60,19 @@ def test_statistics_by_hand():
     # speech: frames of consecutive samples are one waveform; other data keep channels apart
     frames = torch.tensor([[[1.0, -1.0], [1.0, -1.0]]])
     two = torch.ones(1, 2, dtype=torch.bool)
-    assert statistics("gmm", framed=True)["lag-1 autocorrelation"](frames, two) == pytest.approx(-1.0)
-    assert statistics("gmm")["lag-1 autocorrelation"](frames, two) == pytest.approx(1.0)
+    assert statistics("audio")["lag-1 autocorrelation"](frames, two) == pytest.approx(-1.0)
+    assert statistics("sequence")["lag-1 autocorrelation"](frames, two) == pytest.approx(1.0)
     images = torch.tensor([[[1.0], [1.0], [0.0], [0.0]], [[1.0], [0.0], [0.0], [0.0]]])
     full = torch.ones(2, 4, dtype=torch.bool)
-    assert statistics("bernoulli")["pixel density"](images, full) == pytest.approx(3 / 8)
-    assert statistics("bernoulli")["variance of density across images"](images, full) == pytest.approx(0.03125)
+    assert statistics("image")["pixel density"](images, full) == pytest.approx(3 / 8)
+    assert statistics("image")["variance of density across images"](images, full) == pytest.approx(0.03125)
 
 
 def test_an_obvious_misfit_gets_an_extreme_p_value():
     """All-ink images against an untrained model (about half ink): p = 0 for density."""
     model, guide = _stcn("bernoulli", 1)
     sequences = [torch.ones(16, 1) for _ in range(8)]
-    rows = posterior_predictive_check(model, guide, sequences, "bernoulli", replicates=5)
+    rows = posterior_predictive_check(model, guide, sequences, "image", replicates=5)
     density = next(r for r in rows if r.statistic == "pixel density")
     assert density.real == 1.0 and density.p_value == {"one-step-ahead": 0.0, "free-running": 0.0}
     assert all(v.shape == (5,) for v in density.replicated.values())

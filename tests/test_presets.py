@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import run
-from pyro_stcn import presets
+from pyro_stcn import cli as run
+from pyro_stcn import presets, runs
 from pyro_stcn.data import pad_batch
 from pyro_stcn.elbo import make_objective
 from pyro_stcn.presets import PRESETS, as_flags
+from pyro_stcn.registry import family_of
 from tests.test_data_formats import TWO_STROKES, _lasa_mat, _wav
 
 
@@ -69,13 +70,13 @@ def _files(kind: str, tmp_path, monkeypatch) -> list[str]:
 def test_each_preset_builds_and_scores_its_data(name, tmp_path, monkeypatch):
     preset = PRESETS[name]
     args = parse("--preset", name, *_files(preset["data"], tmp_path, monkeypatch))
-    config, data = run.new_run_config(args)
+    config, data = runs.new_run_config(run.settings_of(args))
     assert config["preset"] == name and config["model"] == preset["model"]
     assert config["objective"] == preset["objective"] and config["net"]["likelihood"] == preset["likelihood"]
     assert config["train"]["lr"] == preset["lr"] and config["train"]["lr_decay"] == preset["lr_decay"]
     if "z_dims" in preset:
         assert config["net"]["z_dims"][: len(preset["z_dims"])] == preset["z_dims"]
-    model, guide = run.build(config, torch.device("cpu"))
+    model, guide = runs.build(config, torch.device("cpu"))
     x, mask = pad_batch(data.train[:2])
     loss = make_objective(config["objective"]).differentiable_loss(model.model, guide, x, mask)
     assert torch.isfinite(loss)
@@ -84,7 +85,7 @@ def test_each_preset_builds_and_scores_its_data(name, tmp_path, monkeypatch):
 def test_flags_override_the_preset(tmp_path, monkeypatch):
     files = _files("speech", tmp_path, monkeypatch)
     args = parse("--preset", "timit-stcn-cpu", "--lr", "0.01", "--likelihood", "gmm", "--components", "3", *files)
-    config, _ = run.new_run_config(args)
+    config, _ = runs.new_run_config(run.settings_of(args))
     assert config["train"]["lr"] == 0.01 and config["train"]["lr_decay"] == 0.8  # the rest from the preset
     assert config["net"]["likelihood"] == "gmm" and config["net"]["components"] == 3
     assert config["objective"] == "annealed" and config["beta_rate"] == 1e-3
@@ -92,8 +93,8 @@ def test_flags_override_the_preset(tmp_path, monkeypatch):
 
 def test_a_likelihood_that_does_not_suit_the_data_is_refused(tmp_path, monkeypatch):
     files = _files("speech", tmp_path, monkeypatch)
-    with pytest.raises(SystemExit, match="--likelihood bernoulli does not suit --data speech.* gmm or gaussian"):
-        run.new_run_config(parse("--data", "speech", "--likelihood", "bernoulli", *files))
+    with pytest.raises(ValueError, match="--likelihood bernoulli does not suit --data speech.* gmm or gaussian"):
+        runs.new_run_config(run.settings_of(parse("--data", "speech", "--likelihood", "bernoulli", *files)))
 
 
 def test_a_cpu_preset_trains_from_the_command_line(tmp_path, monkeypatch, capsys):
@@ -114,29 +115,31 @@ def test_a_cpu_preset_trains_from_the_command_line(tmp_path, monkeypatch, capsys
 
 def test_a_zero_flag_is_not_taken_for_an_absent_one(tmp_path, monkeypatch):
     files = _files("speech", tmp_path, monkeypatch)
-    config, _ = run.new_run_config(parse("--preset", "blizzard-ms-stcn-fw200-cpu", "--lam", "0", *files))
+    config, _ = runs.new_run_config(
+        run.settings_of(parse("--preset", "blizzard-ms-stcn-fw200-cpu", "--lam", "0", *files))
+    )
     assert config["lam"] == 0.0
 
 
 def test_other_data_or_model_family_leave_out_the_presets_own_settings(tmp_path, monkeypatch, capsys):
     np.savez(tmp_path / "mine.npz", data=np.random.default_rng(0).normal(size=(300, 2)), lengths=[10] * 30)
     args = parse("--preset", "timit-stcn-cpu", "--data", "npz", "--data-dir", str(tmp_path / "mine.npz"))
-    config, _ = run.new_run_config(args)  # the preset's --fw 200 would not apply to npz
+    config, _ = runs.new_run_config(run.settings_of(args))  # the preset's --fw 200 would not apply to npz
     assert "fw" not in config["data_args"] and config["net"]["likelihood"] == "gaussian"
     assert config["objective"] == "annealed"  # the rest of the recipe stays
     assert "left out for your --data/--model: --fw, --likelihood" in capsys.readouterr().out
     args = parse("--preset", "iamondb-stcn-dense-cpu", "--model", "ms-stcn", *_files("lasa", tmp_path, monkeypatch))
-    config, _ = run.new_run_config(args)  # STCN's --hidden and --output-layers would be refused
+    config, _ = runs.new_run_config(run.settings_of(args))  # STCN's --hidden and --output-layers would be refused
     assert config["model"] == "ms-stcn" and config["net"]["likelihood"] == "handwriting"
 
 
 def test_baselines_take_from_an_stcn_preset_only_what_applies(tmp_path, monkeypatch, capsys):
     files = _files("speech", tmp_path, monkeypatch)
-    config, _ = run.new_run_config(parse("--preset", "timit-stcn-cpu", "--model", "wavenet", *files))
+    config, _ = runs.new_run_config(run.settings_of(parse("--preset", "timit-stcn-cpu", "--model", "wavenet", *files)))
     preset = PRESETS["timit-stcn-cpu"]  # the same trunk: channels, blocks, and a level per latent layer
     assert config["guide"] == "none" and config["net"]["layers"] == len(preset["z_dims"])
     assert config["net"]["channels"] == preset["channels"][0] and config["net"]["blocks"] == preset["blocks"]
     assert "left out for your --data/--model: --z-dims, --guide" in capsys.readouterr().out
-    config, _ = run.new_run_config(parse("--preset", "timit-stcn-cpu", "--model", "vrnn", *files))
-    assert config["guide"] == "vrnn" and config["net"]["hidden"] == run.DEFAULT_VRNN.hidden  # another family
+    config, _ = runs.new_run_config(run.settings_of(parse("--preset", "timit-stcn-cpu", "--model", "vrnn", *files)))
+    assert config["guide"] == "vrnn" and config["net"]["hidden"] == family_of("vrnn").defaults.hidden  # another family
     assert config["net"]["likelihood"] == "gaussian" and config["objective"] == "annealed"

@@ -21,10 +21,21 @@ def pad_batch(sequences: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return x, mask
 
 
+# What a data set's sequences are; plots, reports and predictive checks ask this, not
+# the likelihood (binary sequences need not be images, say).
+KINDS = {
+    "image": "images in raster order, one pixel per step",
+    "strokes": "pen trajectories, steps of (dx, dy, pen)",
+    "audio": "waveforms, each step a frame of consecutive samples",
+    "sequence": "any other sequences of vectors",
+}
+
+
 @dataclass
 class Splits:
-    """Train, validation and test sequences of one dataset, and the likelihood that
-    suits its values (a name from ``pyro_stcn.likelihoods.LIKELIHOODS``)."""
+    """Train, validation and test sequences of one dataset, the likelihood that suits
+    its values (a name from ``pyro_stcn.likelihoods.LIKELIHOODS``) and what kind of
+    data it is (a key of :data:`KINDS`)."""
 
     train: list[Tensor]
     valid: list[Tensor]
@@ -34,17 +45,27 @@ class Splits:
     # function of a sequence and a random generator. Evaluation never sees it.
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
     sample_rate: int | None = None  # speech: samples per second, to write generated audio back
+    kind: str = "sequence"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown data kind {self.kind!r}; valid: {', '.join(KINDS)}")
+
+    @property
+    def unit(self) -> str:
+        """What one sequence is, for reports: "nats per image" and so on."""
+        return {"image": "image", "strokes": "trajectory", "audio": "segment"}.get(self.kind, "sequence")
 
     @property
     def x_dim(self) -> int:
         return self.train[0].shape[-1]
 
 
-def split(sequences: Sequence[Tensor], valid: int, test: int, likelihood: str, seed: int = 0) -> Splits:
+def split(sequences: Sequence[Tensor], valid: int, test: int, likelihood: str, kind: str, seed: int = 0) -> Splits:
     """A fixed random split: the same ``seed`` always gives the same three sets."""
     order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed)).tolist()
     picked = [sequences[i] for i in order]
-    return Splits(picked[valid + test :], picked[:valid], picked[valid : valid + test], likelihood)
+    return Splits(picked[valid + test :], picked[:valid], picked[valid : valid + test], likelihood, kind=kind)
 
 
 def held_out(count: int, fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:
@@ -57,10 +78,12 @@ def held_out(count: int, fraction: float, seed: int) -> tuple[list[int], list[in
     return sorted(order[2 * k :]), sorted(order[:k]), sorted(order[k : 2 * k])
 
 
-def split_held_out(sequences: Sequence[Tensor], likelihood: str, seed: int = 0, fraction: float = 0.1) -> Splits:
+def split_held_out(
+    sequences: Sequence[Tensor], likelihood: str, kind: str, seed: int = 0, fraction: float = 0.1
+) -> Splits:
     """Sequences split by :func:`held_out` into train, valid and test."""
     train, valid, test = held_out(len(sequences), fraction, seed)
-    return Splits(*([sequences[i] for i in idx] for idx in (train, valid, test)), likelihood=likelihood)
+    return Splits(*([sequences[i] for i in idx] for idx in (train, valid, test)), likelihood=likelihood, kind=kind)
 
 
 def batches(sequences: Sequence[Tensor], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

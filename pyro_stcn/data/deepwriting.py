@@ -65,4 +65,6 @@ def load_deepwriting_splits(directory: str | Path, seed: int = 0) -> Splits:
     train_file, test = (read_deepwriting_strokes(directory / name) for name in FILES)
     train, valid, rest = held_out(len(train_file), 0.1, seed)
     train = sorted(train + rest)  # no test part here: the validation file is the test set
-    return Splits([train_file[i] for i in train], [train_file[i] for i in valid], test, likelihood="handwriting")
+    return Splits(
+        [train_file[i] for i in train], [train_file[i] for i in valid], test, likelihood="handwriting", kind="strokes"
+    )

@@ -20,4 +20,4 @@ def load_digits_splits(seed: int = 0) -> Splits:
 
     images = torch.as_tensor(load_digits().images, dtype=torch.float32)
     binary = (images >= 8).float().reshape(len(images), SIDE * SIDE, 1)
-    return split(list(binary), VALID, TEST, likelihood="bernoulli", seed=seed)
+    return split(list(binary), VALID, TEST, likelihood="bernoulli", kind="image", seed=seed)

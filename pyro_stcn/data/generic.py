@@ -44,4 +44,4 @@ def load_npz_splits(directory: str | Path, seed: int = 0) -> Splits:
     """The sequences of the npz file ``directory`` (named so for ``--data-dir``; layout
     above) split 80/10/10 (seeded), for a Gaussian likelihood."""
     sequences = load_npz_sequences(directory)
-    return split_held_out(sequences, "gaussian", seed)
+    return split_held_out(sequences, "gaussian", "sequence", seed)

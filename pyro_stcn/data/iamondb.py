@@ -102,7 +102,7 @@ def load_iamondb_splits(
     training offsets get fresh uniform noise of width 1 (one tablet unit) in every
     batch; validation and test stay on the integer grid."""
     if split_lists is None:
-        splits = split_held_out(load_line_strokes_dir(directory), "handwriting", seed)
+        splits = split_held_out(load_line_strokes_dir(directory), "handwriting", "strokes", seed)
     else:
         paths, lists = line_strokes_files(directory), require_dir(split_lists, "IAM-OnDB split lists")
         files = {name: listed_files(paths, lists / file) for name, file in SPLIT_LISTS.items()}
@@ -113,7 +113,9 @@ def load_iamondb_splits(
                     f"{lists}: {SPLIT_LISTS[a]} and {SPLIT_LISTS[b]} share {len(shared)} files, "
                     f"e.g. {sorted(shared)[0].name}; a split must not leak into another"
                 )
-        splits = Splits(*([read_line_strokes(p) for p in files[n]] for n in SPLIT_LISTS), likelihood="handwriting")
+        splits = Splits(
+            *([read_line_strokes(p) for p in files[n]] for n in SPLIT_LISTS), likelihood="handwriting", kind="strokes"
+        )
     if dequantise:
         splits.augment = dequantise_offsets
     return splits

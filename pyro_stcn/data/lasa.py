@@ -67,4 +67,4 @@ def load_lasa_splits(directory: str | Path | None = None) -> Splits:
         split["train"] += demos[:-2]
         split["valid"].append(demos[-2])
         split["test"].append(demos[-1])
-    return Splits(split["train"], split["valid"], split["test"], likelihood="handwriting")
+    return Splits(split["train"], split["valid"], split["test"], likelihood="handwriting", kind="strokes")

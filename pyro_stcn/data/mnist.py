@@ -86,9 +86,9 @@ def binarised_splits(images: dict[str, np.ndarray], seed: int = 0, binarise: str
         for name, x in images.items()
     }
     if binarise == "static":
-        return Splits(seqs["train"], seqs["valid"], seqs["test"], likelihood="bernoulli")
+        return Splits(seqs["train"], seqs["valid"], seqs["test"], likelihood="bernoulli", kind="image")
     intensities = list(torch.from_numpy(images["train"]).unsqueeze(-1))
-    return Splits(intensities, seqs["valid"], seqs["test"], likelihood="bernoulli", augment=draw_pixels)
+    return Splits(intensities, seqs["valid"], seqs["test"], likelihood="bernoulli", augment=draw_pixels, kind="image")
 
 
 def draw_pixels(intensities: Tensor, generator: torch.Generator) -> Tensor:

@@ -135,4 +135,4 @@ def load_wav_splits(directory: str | Path, fw: int = 200, seed: int = 0) -> Spli
     for name, segments in zip(("training", "validation", "test"), splits):
         if not segments:
             raise DataError(f"{directory}: the {name} split's files are all shorter than 0.5 s; add longer files")
-    return Splits(*splits, likelihood="gmm", sample_rate=rate)
+    return Splits(*splits, likelihood="gmm", sample_rate=rate, kind="audio")

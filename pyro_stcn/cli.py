@@ -1,0 +1,485 @@
+"""pyro-stcn command line: train, evaluate and sample STCN models.
+
+    pyro-stcn train                       # STCN-dense + ladder guide on binarised digits
+    pyro-stcn evaluate --run runs/NAME    # test -ELBO and per-layer KL
+    pyro-stcn evaluate --run runs/NAME --iw 1000   # and the importance-weighted bound
+    pyro-stcn sample --run runs/NAME      # a PNG of generated sequences
+    pyro-stcn sample --run runs/NAME --prime 20   # continuations of real test sequences
+    pyro-stcn reconstruct --run runs/NAME # test sequences beside their reconstructions
+    pyro-stcn ppc --run runs/NAME         # posterior predictive checks
+    pyro-stcn bench                       # cached vs uncached generation time
+    pyro-stcn compare --budget 3          # baselines and STCNs, 3 minutes each, one table
+
+``python run.py`` is the same command. ``pyro-stcn COMMAND --help`` lists every option.
+
+This module parses arguments and prints; what it runs is the library: runs
+(:mod:`pyro_stcn.runs`), the model registry (:mod:`pyro_stcn.registry`), training,
+evaluation, generation and plots. Library errors (``ValueError``,
+``FileNotFoundError``) become one ``error: ...`` line here.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from models import MS_STCN_LAYOUTS, PRIORS, STCNConfig
+from pyro_stcn import runs
+from pyro_stcn.benchmark import time_generation
+from pyro_stcn.compare import Contender, compare, write_comparison
+from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch
+from pyro_stcn.data.wav import write_wav
+from pyro_stcn.elbo import OBJECTIVES, bottom_first
+from pyro_stcn.evaluate import ElboReport, evaluate_elbo
+from pyro_stcn.likelihoods import LIKELIHOODS
+from pyro_stcn.plots import plot_kl_bars, plot_layer_kl, plot_losses, plot_ppc, plot_sequences, read_log
+from pyro_stcn.predictive import one_step_ahead, posterior_predictive_check
+from pyro_stcn.presets import PRESETS, apply_preset, as_flags
+from pyro_stcn.reference import independent_bernoulli_nll
+from pyro_stcn.registry import family_of, guide_names, make_model, model_names, printed_name
+from pyro_stcn.train import TrainConfig
+
+LIKELIHOOD_NAMES = {
+    "bernoulli": "Bernoulli",
+    "gaussian": "Gaussian",
+    "gmm": "GMM",
+    "handwriting": "pen Bernoulli × GMM",
+}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
+    """The -ELBO and, in the layout of paper 2's Table 2, the KL of each layer."""
+    lines = [
+        f"{title}: -ELBO = {report.per_sequence:.2f} ± {report.stderr:.2f} nats per sequence, "
+        f"{report.per_step:.4f} nats per step ({report.sequences} sequences, {report.steps} steps)"
+    ]
+    if not report.kl_per_sequence:
+        return lines + ["no latent variables: this -ELBO is the exact negative log-likelihood"]
+    names = bottom_first(report.kl_per_sequence)
+    kls = [report.kl_per_sequence[n] for n in names]
+    return lines + [
+        "KL of each latent layer, nats per sequence (bottom layer first):",
+        "| model | " + " | ".join(names) + " | total |",
+        "|---" * (len(names) + 2) + "|",
+        f"| {model} | " + " | ".join(f"{kl:.3f}" for kl in kls) + f" | {sum(kls):.3f} |",
+    ]
+
+
+def settings_of(args: argparse.Namespace, quiet: bool = False) -> dict:
+    """The train flags as settings for :func:`pyro_stcn.runs.new_run_config`, the
+    preset applied (and, unless ``quiet``, printed)."""
+    settings = dict(vars(args))
+    if settings.get("budget") is not None:
+        settings["budget"] *= 60  # minutes on the command line, seconds in TrainConfig
+    if not args.preset:
+        return settings
+    settings, left_out = apply_preset(settings, args.preset)
+    if not quiet:
+        print(f"preset {args.preset} = {as_flags(PRESETS[args.preset])} (flags you give override these)")
+        if left_out:
+            print(f"  left out for your --data/--model: {', '.join(runs.flag(k) for k in left_out)}")
+    return settings
+
+
+# Only these may be given with --resume; the run's own config.json holds the rest.
+RESUME_FLAGS = {"resume", "steps", "device", "no_progress", "func", "command"}
+
+
+def resumed(args: argparse.Namespace, device: torch.device) -> tuple:
+    """The config, model, guide, data and directory of the run ``--resume`` continues."""
+    changed = sorted(k for k, v in vars(args).items() if k not in RESUME_FLAGS and v is not None and v is not False)
+    if changed:
+        raise ValueError(
+            f"--resume continues {args.resume} with its own config.json; only --steps, --device "
+            f"and --no-progress may be given with it, not {', '.join(runs.flag(k) for k in changed)}"
+        )
+    run_config, model, guide = runs.resume_run(args.resume, args.steps, device)
+    return run_config, model, guide, runs.load_data(run_config), Path(args.resume)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    if args.resume:
+        run_config, model, guide, data, run_dir = resumed(args, device)
+    else:
+        run_config, data = runs.new_run_config(settings_of(args))
+        name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(args.out or f"runs/{name}")
+        model, guide = runs.start_run(run_config, run_dir, device)
+    prior = f" and the {run_config['net']['prior']} prior" if "prior" in run_config["net"] else ""
+    print(
+        f"training {run_config['model']} ({runs.parameter_count(model, guide):,} parameters) with the "
+        f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
+        f"{run_config['objective']} on {device}; run directory {run_dir}"
+    )
+    result = runs.train_run(run_config, model, guide, data, run_dir, device, progress=not args.no_progress)
+    stop = "early stop" if result.stopped_early else "time budget" if result.out_of_time else "step budget"
+    print(
+        f"trained {result.last_step} steps in {result.seconds:.0f} s ({stop}); best validation "
+        f"-ELBO {result.best_valid:.2f} nats per sequence at step {result.best_step}"
+    )
+    report_training(run_config, model, guide, data, run_dir, device)
+
+
+def report_training(run_config: dict, model: nn.Module, guide: nn.Module, data: Splits, run_dir: Path,
+                    device: torch.device) -> None:  # fmt: skip
+    """The test -ELBO, a reference for binary data, and the run's plots and samples."""
+    test = evaluate_elbo(model.model, guide, data.test, device=device)
+    lines, reference = report_lines("test", test, run_config["model"]), None
+    if data.likelihood == "bernoulli":
+        reference = independent_bernoulli_nll(data.train, data.test)
+        values = "pixels" if data.kind == "image" else "values"
+        lines.append(
+            f"reference: independent-Bernoulli {values} fitted on the training split: "
+            f"NLL = {reference:.2f} nats per sequence on the same test split"
+        )
+    print("\n".join(lines))
+    (run_dir / "results.txt").write_text("\n".join(lines) + "\n")
+    log = read_log(run_dir / "log.csv")
+    plot_losses(log, run_dir / "loss.png", baseline=reference)
+    plot_layer_kl(log, run_dir / "kl.png")
+    torch.manual_seed(0)
+    write_samples(model, data, run_dir / "samples.png", num=32)
+    print(f"wrote {run_dir}/: config.json, best.pt, last.pt, log.csv, results.txt, loss.png, kl.png, samples.png")
+
+
+def plot_count(data: Splits, num: int) -> int:
+    """How many sequences a plot shows: strokes and waveforms need room, images little."""
+    return num if data.kind == "image" else min(num, 6)
+
+
+def write_samples(model: nn.Module, data: Splits, path: Path, num: int, steps: int | None = None,
+                  prime: int = 0) -> Tensor:  # fmt: skip
+    """Sequences generated by the cached sampler beside real test ones, drawn as the
+    data's kind; with ``prime`` K, the generated ones continue the first K steps of
+    those test sequences. Returns the generated ``[num, steps, x_dim]``."""
+    steps = steps or len(data.test[0])
+    if prime >= steps:
+        raise ValueError(f"--prime {prime} leaves nothing to generate in {steps} steps; give more --steps")
+    long_enough = [s for s in data.test if len(s) >= max(prime, 1)]
+    if not long_enough:
+        raise ValueError(f"--prime {prime}: no test sequence has that many steps (longest {max(map(len, data.test))})")
+    real = long_enough[: plot_count(data, num)]
+    device = next(model.parameters()).device
+    given = torch.stack([s[:prime] for s in real]).to(device) if prime else None
+    generated = model.generate(len(real), steps, prime=given)
+    shown = min(steps, min(len(s) for s in real))
+    title = f"first {prime} steps given, then generated" if prime else "generated"
+    panels = {title: generated.cpu(), "real test": torch.stack([s[:shown] for s in real])}
+    if data.kind == "image" and shown != steps:  # images: both panels whole images
+        panels = {title: generated.cpu()}
+    plot_sequences(panels, data.kind, path, primed=prime)
+    return generated
+
+
+def open_run(args: argparse.Namespace) -> runs.Run:
+    """The run in ``--run`` on ``--device``, with the random state set from ``--seed``."""
+    run = runs.load_run(args.run, pick_device(args.device))
+    torch.manual_seed(args.seed)
+    return run
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    run = runs.load_run(args.run, pick_device(args.device))
+    with tqdm(total=len(getattr(run.data, args.split)), desc=f"IWAE, K = {args.iw}",
+              disable=args.no_progress or not args.iw) as bar:  # fmt: skip
+        scores = runs.score(run, args.split, args.iw, args.chunk, args.seed, progress=bar.update)
+    title = f"{run.config['model']} on {run.config['data']}, {args.split} split"
+    lines = report_lines(title, scores.neg_elbo, run.config["model"])
+    if scores.neg_iwae:
+        bound = scores.neg_iwae
+        lines.insert(
+            1,
+            f"{title}: -IWAE bound, K = {args.iw}: {bound.per_sequence:.2f} ± {bound.stderr:.2f} nats per sequence, "
+            f"{bound.per_step:.4f} nats per step (≤ the -ELBO: a tighter upper bound on -log p(x))",
+        )
+    if run.data.kind == "image":
+        lines.append("one sequence is one image: nats per sequence are nats per image")
+    print("\n".join(lines))
+    if scores.neg_elbo.kl_per_sequence:
+        path = Path(args.run) / f"kl-{args.split}.png"
+        plot_kl_bars(scores.neg_elbo.kl_per_sequence, f"{title}: KL of each layer", path)
+        print(f"wrote {path}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    run = open_run(args)
+    name = f"samples-prime{args.prime}" if args.prime else "samples"
+    path = Path(args.out or Path(args.run) / f"{name}.png")
+    generated = write_samples(run.model, run.data, path, args.num, args.steps, args.prime)
+    print(f"wrote {path}: {len(generated)} sequences of {generated.shape[1]} steps")
+    if run.data.kind == "audio":  # listen to it too
+        for i, sequence in enumerate(generated):
+            write_wav(path.with_name(f"{path.stem}-{i}.wav"), sequence.flatten(), run.data.sample_rate)
+        print(f"wrote {len(generated)} wav files at {run.data.sample_rate} Hz: {path.with_name(path.stem)}-*.wav")
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    """Test sequences beside one-step-ahead reconstructions: x̂_t ~ p(x_t | x_{<t}, z_t)
+    with z ~ q(z | x) (paper 1, Figure 4); for images the mean of 16 such draws."""
+    run = open_run(args)
+    x, mask = (t.to(run.device) for t in pad_batch(run.data.test[: plot_count(run.data, args.num)]))
+    draws = one_step_ahead(run.model.model, run.guide, x, mask, 16 if run.data.kind == "image" else 1)
+    shown = int(mask.sum(1).min())
+    panels = {"real test": x[:, :shown].cpu(), "reconstruction": draws.mean(0)[:, :shown].cpu()}
+    path = Path(args.out or Path(args.run) / "reconstructions.png")
+    plot_sequences(panels, run.data.kind, path)
+    print(f"wrote {path}")
+
+
+def cmd_ppc(args: argparse.Namespace) -> None:
+    run = open_run(args)
+    test = run.data.test[: args.num]
+    rows = posterior_predictive_check(run.model, run.guide, test, run.data.kind, args.replicates, run.device)
+    kinds = list(rows[0].p_value)
+    lines = [
+        f"posterior predictive checks of {run.config['model']} on {len(test)} test sequences "
+        f"of {run.config['data']}, {args.replicates} replicates each; p = P(T(replicate) >= T(real))",
+        "| statistic | real | " + " | ".join(f"{k} (mean ± sd) | p" for k in kinds) + " |",
+        "|---|---|" + "---|---|" * len(kinds),
+    ]
+    for row in rows:
+        cells = [
+            f"{row.replicated[k].mean():.4g} ± {row.replicated[k].std():.2g} | {row.p_value[k]:.2f}" for k in kinds
+        ]
+        lines.append(f"| {row.statistic} | {row.real:.4g} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    out = Path(args.run)
+    (out / "ppc.md").write_text("\n".join(lines) + "\n")
+    plot_ppc(rows, out / "ppc.png")
+    print(f"wrote {out / 'ppc.md'} and {out / 'ppc.png'}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Cached vs uncached generation at paper 1's handwriting size (receptive field 316)."""
+    device = pick_device(args.device)
+    paper = PRESETS["iamondb-stcn-dense"]
+    config = STCNConfig(
+        x_dim=3, likelihood=paper["likelihood"], components=paper["components"], channels=paper["channels"][0],
+        blocks=paper["blocks"], z_dims=paper["z_dims"], hidden=paper["hidden"], output_layers=paper["output_layers"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = make_model("stcn-dense", config).to(device).eval()  # untrained: the weights do not change the cost
+    size = sum(p.numel() for p in model.parameters())
+    print(
+        f"STCN-dense at paper 1's IAM-OnDB size ({size:,} parameters, receptive field "
+        f"{model.trunk.receptive_field}), {args.num} sequence(s), on {device} with {torch.get_num_threads()} threads"
+    )
+    print("| steps | cached (s) | uncached (s) | uncached / cached | max difference |")
+    print("|---|---|---|---|---|")
+    for steps in args.steps:
+        t = time_generation(model.generate, steps, args.num)
+        print(
+            f"| {steps} | {t.cached_seconds:.2f} | {t.uncached_seconds:.2f} | {t.speed_up:.1f} | "
+            f"{t.max_difference:.1e} |",
+            flush=True,
+        )
+
+
+def without_budget(run_config: dict) -> dict:
+    """A run's config less its time budget: a rerun with a larger budget trains on."""
+    return {**run_config, "train": {k: v for k, v in run_config["train"].items() if k != "budget"}}
+
+
+def contender(settings: dict, model: str, out: Path, data: Splits | None, device: torch.device,
+              budget: float) -> tuple[Contender, Splits]:  # fmt: skip
+    """One cell of the comparison, set up as ``train`` would with the same settings."""
+    run_config, data = runs.new_run_config({**settings, "model": model}, data=data)
+    run_config["train"].update(steps=10**9, budget=budget)  # the time budget ends training
+    run_dir = out / f"{model}-{run_config['net']['likelihood']}"
+    saved = run_dir / "config.json"
+    if saved.exists() and without_budget(json.loads(saved.read_text())) != without_budget(run_config):
+        raise ValueError(f"{run_dir} holds a run with other settings; give another --out or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(run_config, indent=2))
+    pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
+    network, guide = runs.build(run_config, device)
+    column = LIKELIHOOD_NAMES[run_config["net"]["likelihood"]]
+    return Contender(model, column, network, guide, runs.objective_for(run_config),
+                     TrainConfig(**run_config["train"]), run_dir, runs.schedules_for(run_config),
+                     run_config), data  # fmt: skip
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Every model of ``--models`` with every likelihood of ``--likelihoods``, each set up
+    as ``train`` would with the same preset, data and seed, trained for the same time
+    budget and scored on the same test split (``pyro_stcn.compare``)."""
+    if not math.isfinite(args.budget) or args.budget <= 0 or args.iw < 1:
+        raise ValueError(f"--budget and --iw must be positive, got {args.budget} minutes and {args.iw} draws")
+    device = pick_device(args.device)
+    data_name = args.data or (PRESETS[args.preset]["data"] if args.preset else runs.RUN_DEFAULTS["data"])
+    out = Path(args.out or f"runs/compare-{args.preset or data_name}")
+    if args.preset:
+        print(f"preset {args.preset} = {as_flags(PRESETS[args.preset])}, less what each model does not take; "
+              "the time budget replaces --steps")  # fmt: skip
+    base = {k: getattr(args, k) for k in ("preset", "data", "data_dir", "fw", "seed")}
+    models = args.models or [m for m in model_names() if family_of(m).compared]
+    contenders, data = [], None
+    for likelihood in args.likelihoods or [None]:
+        for model in models:
+            settings = {**base, "model": model, "likelihood": likelihood}
+            cell, data = contender(settings, model, out, data, device, 60 * args.budget)  # one data load for all
+            contenders.append(cell)
+    print(f"comparing {len(contenders)} models on {data_name}, {args.budget:g} minutes each, on {device}; in {out}")
+    scores = compare(contenders, data, 60 * args.budget, args.iw, device, progress=not args.no_progress)
+    threads = torch.get_num_threads()
+    title = f"{data_name}" + (f", preset {args.preset}" if args.preset else "")
+    title += f", {args.budget:g} minutes of training per model on {device} ({threads} thread{'s' * (threads > 1)})"
+    print(write_comparison(scores, out, title, args.iw, {m: printed_name(m) for m in models}))
+    print(f"wrote {out}/: comparison.md, scores.json, validation.png, and one run directory per model")
+
+
+def name_list(valid, what: str):
+    """An argparse type: comma-separated names from ``valid``, repeats dropped."""
+
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(text.split(",")))
+        unknown = [n for n in names if n not in valid]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown[0]!r}; valid: {', '.join(valid)}")
+        return names
+
+    return parse
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,2,2, got {text!r}") from None
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", choices=[*DATASETS, *FORMATS], help="a built-in data set (default digits) or a format")
+    p.add_argument("--data-dir", help="where your files are (a directory; for npz, the file)")
+    p.add_argument("--fw", type=int, help="speech, wav: frame width, samples per step (default 200)")
+
+
+def add_train_flags(t: argparse.ArgumentParser) -> None:
+    add_data_flags(t)
+    t.add_argument("--binarise", choices=["static", "dynamic"], help="mnist, mnist-idx: training pixels (default "
+                   "static)")  # fmt: skip
+    t.add_argument("--dequantise", action="store_true", help="iamondb: uniform noise of width 1 on training offsets")
+    t.add_argument("--split-lists", metavar="DIR", help="iamondb: trainset.txt, testset_v.txt, testset_f.txt "
+                   "(default 80/10/10)")  # fmt: skip
+    t.add_argument("--preset", choices=list(PRESETS), help="a paper experiment (pyro_stcn/presets/); flags override it")
+    t.add_argument("--model", choices=model_names(), help="default stcn-dense")
+    t.add_argument("--guide", choices=guide_names(), help="default: the model's own (ladder for the STCNs)")
+    t.add_argument("--prior", choices=list(PRIORS), help="default dynamic")
+    t.add_argument("--likelihood", choices=list(LIKELIHOODS), help="default: the one the data call for")
+    t.add_argument("--components", type=int, help="gmm, handwriting: mixture components (STCN default 20)")
+    t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo")
+    t.add_argument("--beta-rate", type=float, help="annealed: β rises by this per step (default 1e-4)")
+    t.add_argument("--lam", type=float, help="free bits: λ0 in nats per latent unit (default 0.5)")
+    t.add_argument("--lam-half-life", type=float, help="free bits: steps to halve λ (default 300000)")
+    t.add_argument("--steps", type=int, help="training steps (with --resume: the new total)")
+    t.add_argument("--budget", type=float, metavar="MINUTES", help="also stop after this much training time")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--lr-decay", type=float, help="the learning rate is multiplied by this every 1000 steps")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--valid-every", type=int)
+    t.add_argument("--valid-sequences", type=int, help="validate on the first N validation sequences only")
+    t.add_argument("--crop", type=int, help="train on random windows of this many steps (long sequences)")
+    t.add_argument("--channels", type=int_list, help="filters per layer (STCN: one width), e.g. 64 or 96,128,192")
+    t.add_argument("--blocks", type=int, help="Wavenet blocks per layer (STCN: dilations 1..2^(K-1))")
+    t.add_argument("--layers", type=int, help="Wavenet: feature levels L (default 4; from an STCN preset: its layers)")
+    t.add_argument("--hidden", type=int, help="width of the prior, posterior and output nets; RNN, VRNN: and the LSTM")
+    t.add_argument("--output-layers", type=int, help="STCN: 1x1 conv + ReLU layers of the output net (default 2)")
+    t.add_argument("--z-dims", type=int_list, help="latent sizes bottom to top, e.g. 16,8,8,4 (MS-STCN: or one for "
+                   "all; VRNN: one)")  # fmt: skip
+    t.add_argument("--layout", choices=list(MS_STCN_LAYOUTS), help="MS-STCN: a network layout of paper 2, app. A.1")
+    t.add_argument("--strides", type=int_list, help="MS-STCN: stride of each layer, e.g. 1,2,2,2,1")
+    t.add_argument("--deterministic", action="store_true", help="MS-STCN: no latent variables (paper 2's control)")
+    t.add_argument("--out", help="run directory (default runs/MODEL-GUIDE-TIME)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_run_commands(sub) -> list[argparse.ArgumentParser]:
+    """evaluate, sample, reconstruct and ppc: each reads a trained run."""
+    e = sub.add_parser("evaluate", help="-ELBO, per-layer KL and the IWAE bound of a trained run")
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--iw", type=int, metavar="K", help="also the importance-weighted bound with K samples")
+    e.add_argument("--chunk", type=int, default=10, help="--iw: draws per pass (memory grows with it, not with K)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_evaluate)
+    s = sub.add_parser("sample", help="generate sequences from a trained run: a PNG (and wav files for speech)")
+    s.add_argument("--num", type=int, default=32, help="sequences (at most 6 for strokes and waveforms)")
+    s.add_argument("--steps", type=int, help="steps to generate (default: the test sequences' length)")
+    s.add_argument("--prime", type=int, default=0, metavar="K", help="continue the first K steps of test sequences")
+    s.add_argument("--out", help="PNG path (default RUN/samples.png)")
+    s.set_defaults(func=cmd_sample)
+    r = sub.add_parser("reconstruct", help="test sequences beside their reconstructions from the posterior")
+    r.add_argument("--num", type=int, default=16)
+    r.add_argument("--out", help="PNG path (default RUN/reconstructions.png)")
+    r.set_defaults(func=cmd_reconstruct)
+    c = sub.add_parser("ppc", help="posterior predictive checks: statistics of real vs replicated test data")
+    c.add_argument("--num", type=int, default=64, help="test sequences")
+    c.add_argument("--replicates", type=int, default=20)
+    c.set_defaults(func=cmd_ppc)
+    for p in (e, s, r, c):
+        p.add_argument("--run", required=True)
+        p.add_argument("--seed", type=int, default=0)
+    return [e, s, r, c]
+
+
+def add_compare(sub) -> argparse.ArgumentParser:
+    m = sub.add_parser("compare", help="train several models for the same time budget and tabulate their test scores")
+    m.add_argument("--preset", choices=list(PRESETS), help="a paper experiment; each model takes what applies to it")
+    add_data_flags(m)
+    compared = ",".join(n for n in model_names() if family_of(n).compared)
+    m.add_argument("--models", type=name_list(model_names(), "model"), help=f"comma-separated (default {compared})")
+    m.add_argument("--likelihoods", type=name_list(LIKELIHOODS, "likelihood"), help="comma-separated columns")
+    m.add_argument("--budget", type=float, required=True, metavar="MINUTES",
+                   help="training time per model, validations included; rerun with more to train on")  # fmt: skip
+    m.add_argument("--iw", type=int, default=100, metavar="K", help="IWAE draws for latent-variable models")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", help="directory (default runs/compare-PRESET or runs/compare-DATA)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
+    m.set_defaults(func=cmd_compare)
+    return m
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line; its model and guide choices are those registered now."""
+    p = argparse.ArgumentParser(prog="pyro-stcn", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model by SVI")
+    add_train_flags(t)
+    t.set_defaults(func=cmd_train)
+    b = sub.add_parser("bench", help="benchmark: cached vs uncached generation at paper 1's handwriting size")
+    b.add_argument("--steps", type=int_list, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
+    b.add_argument("--num", type=int, default=1, help="sequences generated at once")
+    b.set_defaults(func=cmd_bench)
+    for sp in (t, *add_run_commands(sub), b, add_compare(sub)):
+        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

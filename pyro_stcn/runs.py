@@ -1,0 +1,277 @@
+"""Runs as a library: a run's config from settings, its model, guide and data, training
+it into a run directory, and loading and scoring a trained one.
+
+A run config is the dict a run directory keeps as ``config.json``::
+
+    {"data": "digits", "data_args": {}, "model": "stcn-dense", "guide": "ladder",
+     "objective": "elbo", "beta_rate": ..., "lam": ..., "lam_half_life": ...,
+     "net": {... the model's config ...}, "train": {... TrainConfig ...}}
+
+Settings are the command line's options by their argparse names (``z_dims`` for
+``--z-dims``), given or None; :func:`new_run_config` turns them into a run config the
+way ``run.py train`` does: flags first, then the preset, then the defaults. Every
+function here raises ``ValueError`` (or ``FileNotFoundError``) with a message that
+names the setting, file or field at fault; only the command line turns them into exit
+messages. What a model is (its config, sizes, flags and guides) comes from the
+registry (:mod:`pyro_stcn.registry`)::
+
+    from pyro_stcn.runs import load_run, score
+
+    run = load_run("runs/default")                 # config, model, guide, data
+    print(score(run, "test", iw=100).neg_iwae)     # -IWAE bound on the test split
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import cached_property, partial
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from torch import nn
+
+from pyro_stcn.checkpoint import load_checkpoint
+from pyro_stcn.data import DATASETS, FORMATS, OPTIONS, Splits
+from pyro_stcn.elbo import LayerwiseELBO, make_objective
+from pyro_stcn.evaluate import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
+from pyro_stcn.likelihoods import SUITABLE
+from pyro_stcn.normalise import Standardisation
+from pyro_stcn.presets import apply_preset
+from pyro_stcn.registry import NETWORK_FLAGS, default_guide, family_of, make_guide, make_model
+from pyro_stcn.schedules import halving, linear_warmup
+from pyro_stcn.train import TrainConfig, TrainResult, train
+
+RUN_DEFAULTS = {
+    "data": "digits",
+    "model": "stcn-dense",
+    "objective": "elbo",
+    "beta_rate": 1e-4,
+    "lam": 0.5,
+    "lam_half_life": 300_000,
+}
+# Sized for the default run: digits on 2 CPU cores in under 5 minutes.
+DEFAULT_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
+TRAIN_SETTINGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "valid_sequences", "crop", "budget"]
+DATA_SETTINGS = {"fw": "fw", "directory": "data_dir", "binarise": "binarise", "dequantise": "dequantise"}
+DATA_SETTINGS |= {"split_lists": "split_lists"}  # a loader's option -> the setting that gives it
+
+
+def flag(setting: str) -> str:
+    """The command-line flag of a setting: ``z_dims`` -> ``--z-dims``."""
+    return "--" + setting.replace("_", "-")
+
+
+def given(settings: dict, names) -> dict:
+    """The settings among ``names`` that were given (a zero counts, None and False do not)."""
+    return {n: settings[n] for n in names if settings.get(n) is not None and settings.get(n) is not False}
+
+
+def new_run_config(settings: dict, data: Splits | None = None) -> tuple[dict, Splits]:
+    """A new run's config from ``settings``, then the preset they name, then the
+    defaults; and the run's data (loaded unless given)."""
+    if settings.get("preset"):
+        settings, _ = apply_preset(settings, settings["preset"])
+    run_config = {**RUN_DEFAULTS, **given(settings, [*RUN_DEFAULTS, "preset"])}
+    run_config["guide"] = settings.get("guide") or default_guide(run_config["model"])
+    run_config["data_args"] = data_args(settings, run_config["data"])
+    data = load_data(run_config) if data is None else data
+    run_config["net"] = dataclasses.asdict(net_config(settings, run_config["model"], data, run_config["data"]))
+    train_config = dataclasses.replace(DEFAULT_TRAIN, **given(settings, TRAIN_SETTINGS))
+    run_config["train"] = dataclasses.asdict(train_config)
+    check_train_config(train_config)
+    return run_config, data
+
+
+def data_args(settings: dict, data: str) -> dict:
+    """The loader options of data set ``data`` from the settings."""
+    if data not in DATASETS and data not in FORMATS:
+        raise ValueError(f"unknown data {data!r}; valid: {', '.join([*DATASETS, *FORMATS])}")
+    chosen = {
+        option: settings[name] for option, name in DATA_SETTINGS.items() if settings.get(name) not in (None, False)
+    }
+    wrong = sorted(set(chosen) - OPTIONS.get(data, set()))
+    if wrong:
+        raise ValueError(f"{flag(DATA_SETTINGS[wrong[0]])} does not apply to --data {data}")
+    if data in FORMATS and "directory" not in chosen:
+        raise ValueError(f"--data {data} reads your files: give --data-dir")
+    return chosen
+
+
+def load_data(run_config: dict) -> Splits:
+    """The run's data set, with its options (``--fw``, ``--data-dir``)."""
+    return {**DATASETS, **FORMATS}[run_config["data"]](**run_config.get("data_args", {}))
+
+
+def net_config(settings: dict, model: str, data: Splits, data_name: str = "") -> Any:
+    """The model's config from the network settings given, its family's defaults and
+    the data: x_dim and the input standardisation always come from the training split,
+    the likelihood from the data unless ``likelihood`` picks another that suits it."""
+    family = family_of(model)
+    likelihood = settings.get("likelihood") or data.likelihood
+    if likelihood not in SUITABLE[data.likelihood]:
+        raise ValueError(
+            f"--likelihood {likelihood} does not suit --data {data_name or 'this data'}, whose values call for "
+            f"{' or '.join(SUITABLE[data.likelihood])}"
+        )
+    sizes = given(settings, NETWORK_FLAGS)
+    wrong = [s for s in sizes if s not in family.flags]
+    if wrong:
+        takes = ", ".join(flag(f) for f in sorted(family.flags))
+        raise ValueError(f"{flag(wrong[0])} does not apply to --model {model}, which takes {takes}")
+    for name, values in sizes.items():
+        if isinstance(values, list) and not family.per_layer >= {name}:
+            if len(values) > 1:
+                raise ValueError(f"--model {model} takes one value for {flag(name)}, got {len(values)}")
+            sizes[name] = values[0]
+        if isinstance(values, (int, list)) and not isinstance(values, bool):
+            if min(values if isinstance(values, list) else [values]) < 1:
+                raise ValueError(f"{flag(name)} must be positive, got {values}")
+    units = Standardisation.fit(data.train, likelihood)  # training split only
+    from_data = {"x_dim": data.x_dim, "likelihood": likelihood, "shift": units.shift, "scale": units.scale}
+    return family.configure(model, sizes, from_data)
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Refuse training settings that cannot mean anything, naming the flag."""
+    for name in ("steps", "batch_size", "valid_every", "valid_sequences", "crop"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{flag(name)}: {name} must be positive, got {value}")
+
+
+def build(run_config: dict, device: torch.device | str = "cpu") -> tuple[nn.Module, nn.Module]:
+    """Model and guide from a run config, with fresh weights drawn from the current seed."""
+    pyro.clear_param_store()
+    family = family_of(run_config["model"])
+    config = family.config(**run_config["net"])
+    model = make_model(run_config["model"], config).to(device)
+    guide = make_guide(run_config["guide"], model).to(device)
+    return model, guide
+
+
+def objective_for(run_config: dict) -> LayerwiseELBO:
+    """The run's objective, its β and λ to be set each step by :func:`schedules_for`."""
+    return make_objective(run_config["objective"])
+
+
+def schedules_for(run_config: dict) -> dict:
+    """β warm-up for ``annealed``, halving λ for the free-bits objectives."""
+    objective = run_config["objective"]
+    if objective == "annealed":
+        return {"beta": partial(linear_warmup, rate=run_config["beta_rate"])}
+    if objective in ("free-bits", "linear-free-bits"):
+        return {"lam": partial(halving, start=run_config["lam"], half_life=run_config["lam_half_life"])}
+    return {}
+
+
+def parameter_count(model: nn.Module, guide: nn.Module) -> int:
+    return sum(p.numel() for m in (model, guide) for p in m.parameters())
+
+
+def start_run(run_config: dict, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
+    """Model and guide of a new run, their weights from the run's seed, and its
+    ``config.json`` written; refuses a directory that holds another run."""
+    run_dir = Path(run_dir)
+    if (run_dir / "last.pt").exists():
+        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
+    model, guide = build(run_config, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
+    return model, guide
+
+
+def resume_run(run_dir: str | Path, steps: int | None = None, device: torch.device | str = "cpu") -> tuple:
+    """The config, model and guide of the run in ``run_dir`` to train on (its weights
+    come from ``last.pt`` when training starts); ``steps`` sets a new total."""
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.json there, so it is not a run directory")
+    try:
+        run_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e}); it cannot be resumed") from None
+    if steps:  # train a finished run for longer
+        run_config["train"]["steps"] = steps
+        config_path.write_text(json.dumps(run_config, indent=2))
+    pyro.set_rng_seed(run_config["train"]["seed"])
+    return (run_config, *build(run_config, device))
+
+
+def train_run(
+    run_config: dict,
+    model: nn.Module,
+    guide: nn.Module,
+    data: Splits,
+    run_dir: str | Path,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> TrainResult:
+    """Train a run's model and guide (:func:`start_run` or :func:`resume_run`) in
+    ``run_dir``; it resumes from ``last.pt`` if there is one, and leaves the best
+    validation weights in the modules."""
+    return train(
+        model.model, guide, {"model": model, "guide": guide}, objective_for(run_config), data,
+        TrainConfig(**run_config["train"]), run_dir, schedules=schedules_for(run_config), device=device,
+        run_config=run_config, progress=progress,
+    )  # fmt: skip
+
+
+@dataclass
+class Run:
+    """A trained run: its directory, config, and model and guide in eval mode."""
+
+    directory: Path
+    config: dict
+    model: nn.Module
+    guide: nn.Module
+
+    @cached_property
+    def data(self) -> Splits:
+        """The run's data set, loaded on first use."""
+        return load_data(self.config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint: str = "best.pt") -> Run:
+    """The run in ``run_dir`` with the weights of its best validation (or ``checkpoint``)."""
+    ckpt = load_checkpoint(Path(run_dir) / checkpoint, device)
+    run_config = ckpt["run_config"]
+    if "net" not in run_config:
+        raise ValueError(f"{run_dir} was written by an older pyro-stcn (no 'net' in its config); train it again")
+    model, guide = build(run_config, device)
+    model.load_state_dict(ckpt["model"])
+    guide.load_state_dict(ckpt["guide"])
+    model.eval(), guide.eval()
+    return Run(Path(run_dir), run_config, model, guide)
+
+
+@dataclass
+class Scores:
+    """A run's figures on one split: the -ELBO (exact -log p(x) without latents) and,
+    if asked for, the -IWAE bound."""
+
+    neg_elbo: ElboReport
+    neg_iwae: BoundReport | None = None
+
+
+def score(run: Run, split: str = "test", iw: int | None = None, chunk: int = 10, seed: int = 0,
+          progress=None) -> Scores:  # fmt: skip
+    """-ELBO and the KL of each layer on ``split``, and with ``iw`` K the -IWAE bound
+    from K draws (``chunk`` at a time); ``progress`` is called with sequences done."""
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"unknown split {split!r}; valid: train, valid, test")
+    if iw is not None and (iw < 1 or chunk < 1):
+        raise ValueError(f"--iw and --chunk must be positive numbers of draws, got {iw} and {chunk}")
+    sequences = getattr(run.data, split)
+    neg_elbo = evaluate_elbo(run.model.model, run.guide, sequences, device=run.device, seed=seed)
+    if not iw:
+        return Scores(neg_elbo)
+    bound = evaluate_iwae(run.model.model, run.guide, sequences, iw, chunk, device=run.device, seed=seed,
+                          progress=progress)  # fmt: skip
+    return Scores(neg_elbo, bound)
