@@ -3,10 +3,10 @@ and MS-STCN, the VRNN's filtering posterior, and the empty guide of the determin
 baselines. Which guide fits which model is registered with each model family in
 :mod:`pyro_stcn.families`; build one with :func:`pyro_stcn.registry.make_guide`."""
 
-from guides.deterministic import NoLatentGuide
-from guides.independent import IndependentGuide, MultiscaleIndependentGuide
-from guides.ladder import LadderGuide, MultiscaleLadderGuide, precision_weighted
-from guides.vrnn import VRNNGuide
+from pyro_stcn.guides.deterministic import NoLatentGuide
+from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
+from pyro_stcn.guides.ladder import LadderGuide, MultiscaleLadderGuide, precision_weighted
+from pyro_stcn.guides.vrnn import VRNNGuide
 
 __all__ = [
     "IndependentGuide",

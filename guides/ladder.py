@@ -13,10 +13,10 @@ References:
     [2] Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016.
 """
 
+from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
+from pyro_stcn.models.ms_stcn import MSFeatures
 from torch import Tensor
 
-from guides.independent import IndependentGuide, MultiscaleIndependentGuide
-from models.ms_stcn import MSFeatures
 from pyro_stcn.wavenet import Features
 
 

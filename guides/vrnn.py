@@ -12,9 +12,9 @@ References:
 
 import pyro
 import torch
+from pyro_stcn.models.vrnn import VRNN, latent_site
 from torch import Tensor, nn
 
-from models.vrnn import VRNN, latent_site
 from pyro_stcn.heads import GaussianHead
 from pyro_stcn.params import register
 

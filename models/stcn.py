@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro_stcn.models.priors import make_prior
 from torch import Tensor, nn
 
-from models.priors import make_prior
 from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, over_trunk, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff

@@ -1,8 +1,10 @@
 """pyro-stcn: stochastic temporal convolutional networks in Pyro.
 
 The library core: the causal TCN trunk, likelihoods, ELBOs, schedules, data,
-training, evaluation, generation and plots. It never imports ``models`` or
-``guides``; those build on it.
+training, evaluation, generation and plots. The models (``pyro_stcn.models``) and
+guides (``pyro_stcn.guides``) build on it; the registry of model families
+(:mod:`pyro_stcn.registry`, filled by :mod:`pyro_stcn.families`), the run API
+(:mod:`pyro_stcn.runs`) and the command line (:mod:`pyro_stcn.cli`) sit on top.
 """
 
 from pyro_stcn.elbo import (
@@ -12,15 +14,20 @@ from pyro_stcn.elbo import (
     LinearFreeBitsELBO,
     make_objective,
 )
+from pyro_stcn.registry import Family, make_guide, make_model, register
 from pyro_stcn.wavenet import Features, GatedBlock, Wavenet
 
 __all__ = [
     "AnnealedELBO",
+    "Family",
     "Features",
     "FreeBitsELBO",
     "GatedBlock",
     "LayerwiseELBO",
     "LinearFreeBitsELBO",
     "Wavenet",
+    "make_guide",
+    "make_model",
     "make_objective",
+    "register",
 ]

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models import MS_STCN_LAYOUTS, PRIORS, STCNConfig
 from pyro_stcn import runs
 from pyro_stcn.benchmark import time_generation
 from pyro_stcn.compare import Contender, compare, write_comparison
@@ -39,6 +38,7 @@ from pyro_stcn.data.wav import write_wav
 from pyro_stcn.elbo import OBJECTIVES, bottom_first
 from pyro_stcn.evaluate import ElboReport, evaluate_elbo
 from pyro_stcn.likelihoods import LIKELIHOODS
+from pyro_stcn.models import MS_STCN_LAYOUTS, PRIORS, STCNConfig
 from pyro_stcn.plots import plot_kl_bars, plot_layer_kl, plot_losses, plot_ppc, plot_sequences, read_log
 from pyro_stcn.predictive import one_step_ahead, posterior_predictive_check
 from pyro_stcn.presets import PRESETS, apply_preset, as_flags

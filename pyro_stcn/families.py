@@ -9,7 +9,7 @@ takes, and its guides.
 
 import dataclasses
 
-from guides import (
+from pyro_stcn.guides import (
     IndependentGuide,
     LadderGuide,
     MultiscaleIndependentGuide,
@@ -17,9 +17,20 @@ from guides import (
     NoLatentGuide,
     VRNNGuide,
 )
-from models import MSSTCN, RNN, STCN, VRNN, MSSTCNConfig, RNNConfig, STCNConfig, VRNNConfig, WavenetConfig, WavenetModel
-from models.ms_stcn import default_dilations
-from models.ms_stcn_layouts import MS_STCN_LAYOUTS
+from pyro_stcn.models import (
+    MSSTCN,
+    RNN,
+    STCN,
+    VRNN,
+    MSSTCNConfig,
+    RNNConfig,
+    STCNConfig,
+    VRNNConfig,
+    WavenetConfig,
+    WavenetModel,
+)
+from pyro_stcn.models.ms_stcn import default_dilations
+from pyro_stcn.models.ms_stcn_layouts import MS_STCN_LAYOUTS
 from pyro_stcn.registry import Family, register
 
 

@@ -8,8 +8,8 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
+from pyro_stcn.models import RNNConfig, VRNNConfig, WavenetConfig
 
-from models import RNNConfig, VRNNConfig, WavenetConfig
 from pyro_stcn.elbo import LayerwiseELBO
 from pyro_stcn.evaluate import evaluate_elbo, iwae_bound, sequence_terms
 from pyro_stcn.registry import default_guide, make_guide, make_model

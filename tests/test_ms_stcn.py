@@ -10,9 +10,9 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
+from pyro_stcn.models import MS_STCN_LAYOUTS, MSSTCNConfig
+from pyro_stcn.models.ms_stcn import default_dilations
 
-from models import MS_STCN_LAYOUTS, MSSTCNConfig
-from models.ms_stcn import default_dilations
 from pyro_stcn.data import pad_batch
 from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import evaluate_elbo, sequence_terms

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from pyro_stcn.models import STCNConfig
 
-from models import STCNConfig
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import load_digits_splits, pad_batch
 from pyro_stcn.elbo import AnnealedELBO, LayerwiseELBO
