@@ -5,6 +5,7 @@ baselines."""
 from torch import nn
 
 from guides.deterministic import NoLatentGuide
+from guides.iaf import IAFGuide, MultiscaleIAFGuide
 from guides.independent import IndependentGuide, MultiscaleIndependentGuide
 from guides.ladder import LadderGuide, MultiscaleLadderGuide, precision_weighted
 from guides.vrnn import VRNNGuide
@@ -15,6 +16,7 @@ from pyro_stcn.choices import choose
 GUIDES = {  # name -> {model class: its guide of that name}
     "ladder": {STCN: LadderGuide, MSSTCN: MultiscaleLadderGuide},
     "independent": {STCN: IndependentGuide, MSSTCN: MultiscaleIndependentGuide},
+    "iaf": {STCN: IAFGuide, MSSTCN: MultiscaleIAFGuide},
     "vrnn": {VRNN: VRNNGuide},
     "none": {WavenetModel: NoLatentGuide, RNN: NoLatentGuide},
 }
@@ -39,8 +41,10 @@ def make_guide(name: str, model: nn.Module) -> nn.Module:
 __all__ = [
     "DEFAULT_GUIDES",
     "GUIDES",
+    "IAFGuide",
     "IndependentGuide",
     "LadderGuide",
+    "MultiscaleIAFGuide",
     "MultiscaleIndependentGuide",
     "MultiscaleLadderGuide",
     "NoLatentGuide",
