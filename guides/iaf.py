@@ -40,9 +40,9 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 
-from guides.independent import IndependentGuide, MultiscaleIndependentGuide
-from models.ms_stcn import MSSTCN, MSFeatures
-from models.stcn import STCN
+from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
+from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
+from pyro_stcn.models.stcn import STCN
 from pyro_stcn.wavenet import Features
 
 

@@ -11,8 +11,8 @@ from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
-from guides import GUIDES, IAFGuide, MultiscaleIAFGuide, make_guide
-from models import make_model
+from pyro_stcn.guides import GUIDES, IAFGuide, MultiscaleIAFGuide, make_guide
+from pyro_stcn.models import make_model
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_causality import _grad_by_step
 from tests.test_ms_stcn import tiny_ms
