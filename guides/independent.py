@@ -45,9 +45,18 @@ class IndependentGuide(nn.Module):
     def stcn(self) -> STCN:
         return self._stcn[0]
 
+    def context(self, layer: int, feats: Features, z_above: Tensor | None) -> Tensor:
+        """What q(z^l_t | ·) sees: [d_cur^l_t, z^{l+1}_t], ``[batch, time, channels + z_{l+1}]``."""
+        return join(feats.d_cur[layer], z_above)
+
     def posterior(self, layer: int, feats: Features, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
         """(μ_q, σ_q) of q(z^l_t | ·), each ``[batch, time, z_l]``."""
-        return self.estimate[layer](join(feats.d_cur[layer], z_above))
+        return self.estimate[layer](self.context(layer, feats, z_above))
+
+    def posterior_dist(self, layer: int, feats: Features, z_above: Tensor | None) -> dist.TorchDistribution:
+        """q(z^l_t | ·) with batch shape ``[batch, time]`` and event shape ``[z_l]``; the
+        hook that richer posteriors (:mod:`guides.iaf`) override."""
+        return dist.Normal(*self.posterior(layer, feats, z_above)).to_event(1)
 
     def forward(self, x: Tensor, mask: Tensor) -> None:
         register("guide", self)
@@ -56,8 +65,8 @@ class IndependentGuide(nn.Module):
         with pyro.plate("batch", batch, dim=-2), pyro.plate("time", time, dim=-1):
             z_above = None
             for layer in reversed(range(self.stcn.layers)):
-                loc, scale = self.posterior(layer, feats, z_above)
-                z_above = pyro.sample(f"z_{layer + 1}", dist.Normal(loc, scale).to_event(1).mask(mask))
+                q = self.posterior_dist(layer, feats, z_above)
+                z_above = pyro.sample(f"z_{layer + 1}", q.mask(mask))
 
 
 class MultiscaleIndependentGuide(nn.Module):
@@ -77,9 +86,18 @@ class MultiscaleIndependentGuide(nn.Module):
     def ms_stcn(self) -> MSSTCN:
         return self._ms_stcn[0]
 
+    def context(self, layer: int, h: Tensor, feats: MSFeatures) -> Tensor:
+        """What q(z^l) sees: [h^l, d^l] with d^l not delayed, ``[batch, T_l, 2 C_l]``."""
+        return torch.cat([h, feats.d[layer].transpose(-1, -2)], dim=-1)
+
     def posterior(self, layer: int, h: Tensor, feats: MSFeatures) -> tuple[Tensor, Tensor]:
         """(μ_q, σ_q) of q(z^l), each ``[batch, T_l, z_l]``; ``h`` is ``[batch, T_l, C_l]``."""
-        return self.estimate[layer](torch.cat([h, feats.d[layer].transpose(-1, -2)], dim=-1))
+        return self.estimate[layer](self.context(layer, h, feats))
+
+    def posterior_dist(self, layer: int, h: Tensor, feats: MSFeatures) -> dist.TorchDistribution:
+        """q(z^l) with batch shape ``[batch, T_l]`` and event shape ``[z_l]``; the hook
+        that richer posteriors (:mod:`guides.iaf`) override."""
+        return dist.Normal(*self.posterior(layer, h, feats)).to_event(1)
 
     def forward(self, x: Tensor, mask: Tensor) -> None:
         register("ms_stcn_guide", self)
@@ -90,9 +108,8 @@ class MultiscaleIndependentGuide(nn.Module):
         def sample(layer: int, h: Tensor) -> Tensor | None:
             if not model.config.latent:
                 return None
-            loc, scale = self.posterior(layer, h, feats)
+            q = self.posterior_dist(layer, h, feats)
             with batch_plate, time_plates[layer]:
-                q = dist.Normal(loc, scale).to_event(1).mask(feats.masks[layer])
-                return pyro.sample(f"z_{layer + 1}", q)
+                return pyro.sample(f"z_{layer + 1}", q.mask(feats.masks[layer]))
 
         feats.top_down = model.top_down(feats, sample)  # the model reuses this pass

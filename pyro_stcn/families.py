@@ -10,8 +10,10 @@ takes, and its guides.
 import dataclasses
 
 from pyro_stcn.guides import (
+    IAFGuide,
     IndependentGuide,
     LadderGuide,
+    MultiscaleIAFGuide,
     MultiscaleIndependentGuide,
     MultiscaleLadderGuide,
     NoLatentGuide,
@@ -146,7 +148,7 @@ register(
         build=dense_variant(STCN),
         config=STCNConfig,
         defaults=STCNConfig(z_dims=[16, 8, 8, 4], channels=32, blocks=4, hidden=32),
-        guides={"ladder": LadderGuide, "independent": IndependentGuide},
+        guides={"ladder": LadderGuide, "independent": IndependentGuide, "iaf": IAFGuide},
         default_guide="ladder",
         flags=TCN_SIZES | {"prior", "z_dims"},
         per_layer={"z_dims"},
@@ -164,7 +166,7 @@ register(
             z_dims=[8, 8, 8, 4, 2],
             dilations=default_dilations([1, 2, 2, 2, 1], 4),
         ),  # fmt: skip
-        guides={"ladder": MultiscaleLadderGuide, "independent": MultiscaleIndependentGuide},
+        guides={"ladder": MultiscaleLadderGuide, "independent": MultiscaleIndependentGuide, "iaf": MultiscaleIAFGuide},
         default_guide="ladder",
         flags={"channels", "blocks", "z_dims", "layout", "strides", "deterministic", "components"},
         per_layer={"channels", "z_dims", "strides"},

@@ -86,7 +86,7 @@ def test_existing_run_is_not_overwritten(trained):
         run.main(["train", *TOY, "--out", str(trained), "--no-progress"])
 
 
-@pytest.mark.parametrize("flag,bad", [("--model", "srnn"), ("--guide", "iaf"), ("--objective", "kl"), ("--prior", "x")])
+@pytest.mark.parametrize("flag,bad", [("--model", "srnn"), ("--guide", "nf"), ("--objective", "kl"), ("--prior", "x")])
 def test_unknown_names_are_refused_with_the_valid_ones(flag, bad, capsys):
     with pytest.raises(SystemExit) as e:
         run.main(["train", flag, bad])
