@@ -7,8 +7,8 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import Normal, kl_divergence
 
-from guides import make_guide
-from models import make_model
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import make_model
 from pyro_stcn.elbo import (
     AnnealedELBO,
     FreeBitsELBO,

@@ -14,9 +14,9 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor, nn
 
-from guides import LadderGuide
-from guides.independent import IndependentGuide
-from models import STCN
+from pyro_stcn.guides import LadderGuide
+from pyro_stcn.guides.independent import IndependentGuide
+from pyro_stcn.models import STCN
 from pyro_stcn.elbo import AnnealedELBO, FreeBitsELBO, LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import sequence_terms
 from tests.conftest import ragged_batch, tiny_config
