@@ -1,7 +1,7 @@
 """ELBOs whose KL term is reshaped for optimisation but reported truthfully.
 
-All of these are :class:`~pyro.infer.TraceMeanField_ELBO` with the analytic KL kept
-per latent unit (layer, time step, dimension). The value they return is always the
+All of these are :class:`~pyro.infer.TraceMeanField_ELBO` with the KL kept per
+latent unit (layer, time step, dimension). The value they return is always the
 true negative ELBO
 
     -ELBO = -Σ_t E_q[log p(x_t | z_t)] + Σ_l Σ_t E_q[KL(q(z^l_t | ·) || p(z^l_t | ·))]
@@ -13,6 +13,14 @@ true negative ELBO
 - :class:`FreeBitsELBO`:        Σ_i max(KL_i, λ);
 - :class:`LinearFreeBitsELBO`:  Σ_i KL_i if KL_i ≥ λ else KL_i · sg(KL_i) / λ
   (paper 2, eq. A.3; sg = stop-gradient).
+
+Where ``kl_divergence`` has no rule for a site's pair of distributions (a flow guide,
+a mixture prior, any non-Gaussian latent), its KL is the one-sample Monte Carlo
+estimate log q(z) - log p(z) at the guide's reparameterised draw z, one value per
+batch element and time step (summed over the event), as ``TraceMeanField_ELBO``
+does; its gradient is the pathwise one. Annealing and free bits then act on these
+per-step values, so free bits on such a site count per (batch, time) unit. See
+:func:`unit_kl`.
 
 β and λ are plain attributes, set by the training loop from a schedule. After each
 evaluation ``self.kl`` holds the KL of each latent layer (nats, summed over batch,
@@ -59,28 +67,66 @@ def bottom_first(layers) -> list[str]:
     return sorted(layers, key=lambda name: (len(name), name))
 
 
+def _log_density(site: dict) -> Tensor:
+    """log f(value) of a sample site, its distribution's masks applied, unscaled: the
+    trace's memoised ``unscaled_log_prob`` (so a flow is not inverted twice) if there."""
+    if "unscaled_log_prob" in site:
+        return site["unscaled_log_prob"]
+    return site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+
+
+def _apply_masks(kl: Tensor, masks: list, event_dims: int) -> Tensor:
+    """Zero ``kl`` where any mask (each with the event dims outside it) is False."""
+    for mask, outside in masks:
+        if mask is not None and mask is not True:
+            mask = torch.as_tensor(mask, device=kl.device)
+            kl = torch.where(mask[(...,) + (None,) * (event_dims - outside)], kl, 0.0)
+    return kl
+
+
 def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
     """KL(q || p) for every latent unit of a site, with the sites' masks applied.
 
-    Returns a tensor of the site's batch shape followed by its event shape, e.g.
-    ``[batch, time, z_dim]``; masked units are exactly 0. The site's ``scale`` (from
-    ``poutine.scale`` or subsampling) is *not* applied: free bits compare unscaled KLs
-    with λ.
+    Analytic where ``kl_divergence`` has a rule for the guide's and the model's
+    distributions (stripped of ``.mask()`` and ``.to_event()``): a tensor of the site's
+    batch shape followed by its event shape, e.g. ``[batch, time, z_dim]``.
+
+    Otherwise the Monte Carlo estimate at the guide's draw z (``guide_site["value"]``),
+
+        KL_{n,t} ≈ log q(z_{n,t} | ·) - log p(z_{n,t} | ·),
+
+    summed over the event, one value per batch element and time step, of shape
+    ``batch_shape + (1,) * event_dims``, e.g. ``[batch, time, 1]``: the same rank as the
+    analytic result, so that sums over the trailing dims need no branch. z must be
+    a reparameterised draw; the gradient is then the pathwise one that
+    ``TraceMeanField_ELBO`` follows.
+
+    Masked units are exactly 0 on both paths (on this one, a unit masked in the guide
+    or in the model). The site's ``scale`` (from ``poutine.scale`` or subsampling) is
+    *not* applied: free bits compare unscaled KLs with λ.
     """
     q, q_masks, event_dims = _unwrap(guide_site["fn"])
     p, p_masks, _ = _unwrap(model_site["fn"])
     try:
         kl = kl_divergence(q, p)
-    except NotImplementedError as e:
-        raise NotImplementedError(
-            f"site {model_site['name']!r}: no analytic KL between the guide's "
-            f"{type(q).__name__} and the model's {type(p).__name__}"
-        ) from e
-    for mask, outside in q_masks + p_masks + [(guide_site["mask"], 0)]:
-        if mask is not None and mask is not True:
-            mask = torch.as_tensor(mask, device=kl.device)
-            kl = torch.where(mask[(...,) + (None,) * (event_dims - outside)], kl, 0.0)
-    return kl
+    except NotImplementedError:
+        if not q.has_rsample:
+            raise ValueError(
+                f"site {model_site['name']!r}: no analytic KL between the guide's {type(q).__name__} and the "
+                f"model's {type(p).__name__}, and the Monte Carlo KL needs a reparameterised guide "
+                "distribution (has_rsample), which this is not"
+            ) from None
+        return _monte_carlo_kl(guide_site, model_site)
+    return _apply_masks(kl, q_masks + p_masks + [(guide_site["mask"], 0)], event_dims)
+
+
+def _monte_carlo_kl(guide_site: dict, model_site: dict) -> Tensor:
+    """log q(z) - log p(z) per batch element, ``batch_shape + (1,) * event_dims``."""
+    # The distributions' own masks are applied by their log_prob; the sites' here.
+    kl = _log_density(guide_site) - _log_density(model_site)
+    kl = _apply_masks(kl, [(guide_site["mask"], 0), (model_site["mask"], 0)], 0)
+    event_dims = guide_site["fn"].event_dim
+    return kl.reshape(kl.shape + (1,) * event_dims)
 
 
 class LayerwiseELBO(TraceMeanField_ELBO):

@@ -38,15 +38,16 @@ def _samples(trace):
 
 
 def sequence_terms(model: Callable, guide: Callable, x: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """log p(x | z) and the analytic KL of each latent layer (``elbo.layer_of``), per
-    sequence (``[batch]`` each), for one draw from the guide."""
+    """log p(x | z) and the KL of each latent layer (``elbo.layer_of``), per sequence
+    (``[batch]`` each), for one draw from the guide. The KL is analytic where torch has
+    a rule, else the Monte Carlo log q(z) - log p(z) of that draw (``elbo.unit_kl``)."""
     guide_trace, model_trace = trace_pair(model, guide, x, mask)
     log_lik = sum(site["log_prob"].sum(-1) for _, site in _samples(model_trace) if site["is_observed"])
     kl = {}
     for name, site in _samples(model_trace):
         if not site["is_observed"]:
             layer = layer_of(site)
-            kl[layer] = kl.get(layer, 0.0) + unit_kl(guide_trace.nodes[name], site).sum((-1, -2))
+            kl[layer] = kl.get(layer, 0.0) + unit_kl(guide_trace.nodes[name], site).flatten(1).sum(-1)
     return log_lik, kl
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
+from torch.distributions import Normal, kl_divergence
 
 from pyro_stcn.elbo import (
     AnnealedELBO,
@@ -144,6 +145,23 @@ def test_masked_steps_add_no_kl():
     kl = unit_kl(guide_trace.nodes["z_1"], model_trace.nodes["z_1"])
     assert kl.shape == (3, 12, 4)
     assert (kl[~mask] == 0).all() and (kl[mask] > 0).all()
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_gaussian_unit_kl_is_torch_kl_divergence(dense):
+    """Between Gaussians the KL stays analytic and per unit: torch's closed form on the
+    sites' loc and scale, ``[batch, time, z_dim]``, padded steps 0."""
+    model, guide, x, mask = _setup(dense=dense)
+    guide_trace = poutine.trace(guide).get_trace(x, mask)
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
+    for layer, z_dim in enumerate(model.config.z_dims):
+        name = f"z_{layer + 1}"
+        q = guide_trace.nodes[name]["fn"].base_dist.base_dist
+        p = model_trace.nodes[name]["fn"].base_dist.base_dist
+        expected = kl_divergence(Normal(q.loc, q.scale), Normal(p.loc, p.scale)) * mask.unsqueeze(-1)
+        kl = unit_kl(guide_trace.nodes[name], model_trace.nodes[name])
+        assert kl.shape == (3, 12, z_dim)
+        torch.testing.assert_close(kl, expected, rtol=0, atol=0)
 
 
 def test_iwae_bound_is_at_least_the_elbo_and_rises_with_k():

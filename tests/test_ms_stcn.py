@@ -12,6 +12,7 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 from pyro_stcn.models import MS_STCN_LAYOUTS, MSSTCNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
+from torch.distributions import Normal
 
 from pyro_stcn.data import pad_batch
 from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, unit_kl
@@ -241,13 +242,53 @@ def test_per_layer_kl_adds_up_to_the_elbo():
 
 
 def test_linear_free_bits_per_unit_at_each_resolution():
+    """The surrogate's gradient is that of -log p(x|z) + Σ_l Σ_i f(KL^l_i) (paper 2,
+    eq. A.3), with KL^l_i the closed-form KL of each unit of layer l at its own
+    resolution T_l = T / Π_{k<=l} s_k, a step real if any fine step it covers is; the
+    value is the true -ELBO, LayerwiseELBO's for the same draw."""
+    lam = 0.05
     model = make_model("ms-stcn", tiny_ms([1, 2, 2]))
-    guide = make_guide("independent", model)
-    x, mask = ragged_batch((12, 12))
+    guide = make_guide("ladder", model)
+    x, mask = ragged_batch((12, 7))
+    params = list(model.parameters()) + list(guide.parameters())
+
+    def loss_and_grads(elbo):
+        pyro.set_rng_seed(3)
+        loss = elbo.differentiable_loss(model.model, guide, x, mask)
+        return loss.item(), torch.autograd.grad(loss, params, allow_unused=True)
+
+    loss, grads = loss_and_grads(LinearFreeBitsELBO(lam=lam))
+    true_loss, true_grads = loss_and_grads(LayerwiseELBO())
+
+    pyro.set_rng_seed(3)
     guide_trace = poutine.trace(guide).get_trace(x, mask)
     model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
-    shapes = [unit_kl(guide_trace.nodes[f"z_{l}"], model_trace.nodes[f"z_{l}"]).shape for l in (1, 2, 3)]
-    assert shapes == [(2, 12, 3), (2, 6, 3), (2, 3, 3)]
+    x_site = model_trace.nodes["x"]
+    log_lik = (x_site["fn"].base_dist.log_prob(x_site["value"]) * mask).sum()
+    kl_total, surrogate, units = 0.0, -log_lik, []
+    for l, stride in enumerate((1, 2, 4)):  # cumulative strides of [1, 2, 2]
+        name = f"z_{l + 1}"
+        q = guide_trace.nodes[name]["fn"].base_dist.base_dist
+        p = model_trace.nodes[name]["fn"].base_dist.base_dist
+        real = mask.reshape(2, 12 // stride, stride).any(-1)  # [batch, T_l]
+        kl = torch.distributions.kl_divergence(Normal(q.loc, q.scale), Normal(p.loc, p.scale))[real]
+        assert kl.shape[-1] == 3 and len(kl) == int(real.sum())
+        per_unit = unit_kl(guide_trace.nodes[name], model_trace.nodes[name])
+        assert per_unit.shape == (2, 12 // stride, 3)
+        torch.testing.assert_close(per_unit[real], kl)
+        assert (per_unit[~real] == 0).all()
+        kl_total = kl_total + kl.sum()
+        surrogate = surrogate + torch.where(kl >= lam, kl, kl * kl.detach() / lam).sum()
+        units.append(kl.flatten())
+    units = torch.cat(units)
+    assert (units < lam).any() and (units >= lam).any()  # both branches of eq. A.3 are exercised
+    assert loss == pytest.approx(true_loss, rel=1e-6)
+    assert loss == pytest.approx((kl_total - log_lik).item(), rel=1e-5)
+    expected = torch.autograd.grad(surrogate, params, allow_unused=True)
+    for g, r, param in zip(grads, expected, params):
+        g = torch.zeros_like(param) if g is None else g
+        torch.testing.assert_close(g, torch.zeros_like(param) if r is None else r, rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose(g, t) for g, t in zip(grads, true_grads) if g is not None)
 
 
 def test_shared_networks_run_once_per_step():
