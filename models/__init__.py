@@ -5,7 +5,7 @@ import dataclasses
 
 from models.ms_stcn import MSSTCN, MSSTCNConfig
 from models.ms_stcn_layouts import MS_STCN_LAYOUTS
-from models.priors import PRIORS, DynamicPrior, StandardPrior
+from models.priors import PRIORS, DynamicPrior, GaussianPrior, MixturePrior, StandardPrior
 from models.rnn import RNN, RNNConfig
 from models.stcn import STCN, STCNConfig
 from models.vrnn import VRNN, VRNNConfig
@@ -53,6 +53,8 @@ __all__ = [
     "WavenetConfig",
     "WavenetModel",
     "DynamicPrior",
+    "GaussianPrior",
+    "MixturePrior",
     "StandardPrior",
     "make_model",
 ]
