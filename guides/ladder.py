@@ -17,10 +17,10 @@ References:
 
 from torch import Tensor, nn
 
-from guides.independent import IndependentGuide, MultiscaleIndependentGuide
-from models.ms_stcn import MSSTCN, MSFeatures
-from models.priors import GaussianPrior
-from models.stcn import STCN
+from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
+from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
+from pyro_stcn.models.priors import GaussianPrior
+from pyro_stcn.models.stcn import STCN
 from pyro_stcn.heads import join
 from pyro_stcn.wavenet import Features
 

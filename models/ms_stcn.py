@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.priors import make_prior, rename_old_prior_keys
+from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
 from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff

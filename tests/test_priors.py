@@ -16,10 +16,10 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from guides import make_guide
-from models import MSSTCNConfig, VRNNConfig, make_model
-from models.ms_stcn import default_dilations
-from models.priors import PRIORS, DynamicPrior, MixturePrior, StandardPrior, make_prior
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import MSSTCNConfig, VRNNConfig, make_model
+from pyro_stcn.models.ms_stcn import default_dilations
+from pyro_stcn.models.priors import PRIORS, DynamicPrior, MixturePrior, StandardPrior, make_prior
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_generation import _check_against_the_full_model
 
