@@ -38,11 +38,11 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
+from torch import Tensor, nn
+
 from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
 from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
 from pyro_stcn.models.stcn import STCN
-from torch import Tensor, nn
-
 from pyro_stcn.wavenet import Features
 
 

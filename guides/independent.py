@@ -18,11 +18,11 @@ latent variables (the deterministic control) it draws nothing.
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
-from pyro_stcn.models.stcn import STCN
 from torch import Tensor, nn
 
 from pyro_stcn.heads import GaussianHead, join, layer_heads
+from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
+from pyro_stcn.models.stcn import STCN
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import Features
 

@@ -11,11 +11,12 @@ References:
 """
 
 import pyro
+import pyro.distributions as dist
 import torch
-from pyro_stcn.models.vrnn import VRNN, latent_site
 from torch import Tensor, nn
 
 from pyro_stcn.heads import GaussianHead
+from pyro_stcn.models.vrnn import VRNN, latent_site
 from pyro_stcn.params import register
 
 
@@ -33,13 +34,15 @@ class VRNNGuide(nn.Module):
     def vrnn(self) -> VRNN:
         return self._vrnn[0]
 
-    def posterior(self, x_feat: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
-        """(μ, σ) of q(z_t | ·) from φ_x(x_t) and h_{t-1}, each ``[batch, hidden]``."""
-        return self.encoder(torch.cat([x_feat, h_prev], dim=-1))
+    def posterior(self, x_feat: Tensor, h_prev: Tensor) -> dist.TorchDistribution:
+        """q(z_t | ·) from φ_x(x_t) and h_{t-1}, each ``[batch, hidden]``: a Normal with
+        batch shape ``[batch, 1]``, as the model's site of z_t."""
+        loc, scale = self.encoder(torch.cat([x_feat, h_prev], dim=-1).unsqueeze(-2))
+        return dist.Normal(loc, scale).to_event(1)
 
     def forward(self, x: Tensor, mask: Tensor) -> None:
         register("vrnn_guide", self)
         feats = self.vrnn.features.for_guide(x, mask)
+        draw = lambda t, h: latent_site(t, self.posterior(feats.x[:, t], h), mask)  # noqa: E731
         with pyro.plate("batch", len(x), dim=-2):
-            draw = lambda t, h: latent_site(t, *self.posterior(feats.x[:, t], h), mask)  # noqa: E731
             feats.guide_pass = self.vrnn.recurrence(feats.x, draw)

@@ -4,7 +4,7 @@ name in :mod:`pyro_stcn.families`; build one with :func:`pyro_stcn.registry.make
 
 from pyro_stcn.models.ms_stcn import MSSTCN, MSSTCNConfig
 from pyro_stcn.models.ms_stcn_layouts import MS_STCN_LAYOUTS
-from pyro_stcn.models.priors import PRIORS, DynamicPrior, StandardPrior
+from pyro_stcn.models.priors import PRIORS, DynamicPrior, GaussianPrior, MixturePrior, StandardPrior
 from pyro_stcn.models.rnn import RNN, RNNConfig
 from pyro_stcn.models.stcn import STCN, STCNConfig
 from pyro_stcn.models.vrnn import VRNN, VRNNConfig
@@ -24,5 +24,9 @@ __all__ = [
     "WavenetConfig",
     "WavenetModel",
     "DynamicPrior",
+    "GaussianPrior",
+    "MixturePrior",
+    "GaussianPrior",
+    "MixturePrior",
     "StandardPrior",
 ]

@@ -13,12 +13,13 @@ Top-down, for l = L..1 (paper 2, eq. 5-9):
     z^l ~ p(z^l | h^l) = N(Conv1x1(h^l), softplus(Conv1x1(h^l)))    σ clamped to [1e-3, 5]
     g^{l-1} = CondWavenet1x1^Up(h^l, z^l)                            last block upsamples by s_l
 
-and x ~ p(x | Conv1x1(g^0)). Delay shifts d^l one step at its own resolution, so the
+and x ~ p(x | Conv1x1(g^0)). That prior is ``prior="dynamic"``; ``models.priors`` has
+the others, each called with the context h^l. Delay shifts d^l one step at its own resolution, so the
 prior at coarse step k sees only fine steps < k Π s_i: generation stays causal. (With
 s_1 > 1 the output at t sees x only up to the start of its layer-1 block; every layout
 has s_1 = 1.)
 
-Sites: ``z_L`` ... ``z_1``, each ``Normal(...).to_event(1).mask(mask_l)`` of shape
+Sites: ``z_L`` ... ``z_1``, each the prior's distribution ``.mask(mask_l)`` of shape
 ``[batch, T_l, z_l]`` under the batch plate (dim -2) and the layer's own time plate
 ``time_l`` (dim -1); then ``x`` ``[batch, T_pad, x_dim]`` under the plate ``time``.
 A coarse step is real when any fine step it covers is. With ``latent=False`` there are
@@ -42,8 +43,8 @@ from torch import Tensor, nn
 from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
-from pyro_stcn.heads import GaussianHead
 from pyro_stcn.masks import coarse_masks, pad_to_multiple, zero_padding
+from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
 from pyro_stcn.normalise import standardisation
 from pyro_stcn.observation import Observation, rename_old_observation_keys
 from pyro_stcn.params import register
@@ -64,6 +65,7 @@ class MSSTCNConfig:
     dilations: list[list[int]] = field(default_factory=lambda: [[1] * 5] * 5)
     top_down_blocks: int = 2
     latent: bool = True
+    prior: str = "dynamic"  # p(z^l | h^l), a name in models.priors.PRIORS
     # Training-split statistics; the nets see (x - shift) / scale (pyro_stcn.normalise).
     shift: list[float] | None = None
     scale: list[float] | None = None
@@ -155,11 +157,13 @@ class MSSTCN(nn.Module):
             CondStack(ch, out, z, c.top_down_blocks, s)
             for ch, out, z, s in zip(c.channels, [c.channels[0]] + c.channels[:-1], z_dims, c.strides)
         )
-        heads = zip(c.channels, c.z_dims) if c.latent else []
-        self.prior = nn.ModuleList(GaussianHead(ch, ch, z, layers=0) for ch, z in heads)
+        # p(z^l | h^l) by 1x1 heads alone (no hidden layers, so no hidden width)
+        contexts, prior_z_dims = (c.channels, c.z_dims) if c.latent else ([], [])
+        self.prior = make_prior(c.prior, contexts, prior_z_dims, hidden=0, layers=0)
         self.units = standardisation(c.x_dim, c.shift, c.scale)
         self.observe = Observation(c.channels[0], c.channels[0], 0, c.likelihood, c.x_dim, c.components, self.units)
         self.register_load_state_dict_pre_hook(rename_old_observation_keys)  # runs saved before Observation
+        self.register_load_state_dict_pre_hook(rename_old_prior_keys)  # runs saved before models.priors
         self.features = FeatureHandoff(self.bottom_up_features, self)
 
     @property
@@ -216,10 +220,6 @@ class MSSTCN(nn.Module):
         """g^{l-1} = CondWavenet1x1^Up(h^l, z^l), ``z [batch, T_l, z_l]``."""
         return self.up_nets[l](h, None if z is None else z.transpose(-1, -2))
 
-    def prior_dist(self, l: int, h: Tensor) -> dist.TorchDistribution:
-        """p(z^l | h^l) for ``h [batch, T_l, C_l]``."""
-        return dist.Normal(*self.prior[l](h)).to_event(1)
-
     def observation(self, g0: Tensor) -> dist.TorchDistribution:
         """p(x | Conv1x1(g^0)) in data units, ``g0 [batch, C_1, T]``."""
         return self.observe(g0.transpose(1, 2))
@@ -234,7 +234,7 @@ class MSSTCN(nn.Module):
             if not self.config.latent:
                 return None
             with batch_plate, time_plates[l]:
-                return pyro.sample(f"z_{l + 1}", self.prior_dist(l, h).mask(feats.masks[l]))
+                return pyro.sample(f"z_{l + 1}", self.prior(l, h).mask(feats.masks[l]))
 
         g0 = self.top_down(feats, sample, reuse=feats.top_down).g[0]
         with batch_plate, time_plate:
@@ -275,7 +275,7 @@ class MSSTCN(nn.Module):
                 k = t // periods[l]
                 g = None if g_block[l + 1] is None else g_block[l + 1][:, :, k % strides[l + 1], None]
                 h = self.h_of(l, g, last_d[l][:, :, None])  # Delay(d^l)_k = d^l_{k-1}
-                z = draw(f"z_{l + 1}", self.prior_dist(l, h.transpose(1, 2))) if self.config.latent else None
+                z = draw(f"z_{l + 1}", self.prior(l, h.transpose(1, 2))) if self.config.latent else None
                 g_block[l] = self.g_of(l, h, z)  # [num, C, s_l]: g^{l-1} over steps k s_l .. (k+1) s_l - 1
             if t >= given:
                 x[:, t] = draw("x", self.observation(g_block[0][:, :, t % strides[0], None]))[:, 0]

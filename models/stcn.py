@@ -10,9 +10,10 @@ Generative model, for each step t, top-down over layers l = L..1:
 
 The output net sees only the latents, never d directly.
 
-Sites: ``z_L`` ... ``z_1``, each ``Normal(loc, scale).to_event(1).mask(mask)`` with
-batch shape ``[batch, time]``, then the observation ``x``. The batch plate is dim -2
-and the time plate dim -1.
+Sites: ``z_L`` ... ``z_1``, each the prior's distribution ``.mask(mask)`` (by default
+``Normal(loc, scale).to_event(1)``; ``models.priors`` has the others) with batch shape
+``[batch, time]``, then the observation ``x``. The batch plate is dim -2 and the time
+plate dim -1.
 
 References:
     [1] Aksan & Hilliges, "STCN: Stochastic Temporal Convolutional Networks", ICLR 2019.
@@ -24,13 +25,14 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro_stcn.models.priors import make_prior
 from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, over_trunk, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
+from pyro_stcn.heads import join
 from pyro_stcn.masks import zero_padding
+from pyro_stcn.models.priors import make_prior
 from pyro_stcn.normalise import standardisation
 from pyro_stcn.observation import Observation, rename_old_observation_keys
 from pyro_stcn.params import register
@@ -64,7 +66,8 @@ class STCN(nn.Module):
         self.config = config
         c = config
         self.trunk = Wavenet(c.x_dim, c.channels, layers=len(c.z_dims), blocks=c.blocks)
-        self.prior = make_prior(c.prior, c.channels, c.z_dims, c.hidden)
+        contexts = [c.channels + above for above in c.z_dims[1:] + [0]]  # [d^l_{t-1}, z^{l+1}_t]
+        self.prior = make_prior(c.prior, contexts, c.z_dims, c.hidden)
         out_dim = sum(c.z_dims) if c.dense else c.z_dims[0]
         self.units = standardisation(c.x_dim, c.shift, c.scale)
         self.observe = Observation(out_dim, c.hidden, c.output_layers, c.likelihood, c.x_dim, c.components, self.units)
@@ -87,12 +90,12 @@ class STCN(nn.Module):
 
     def top_down(self, d_prev: list[Tensor], sample: Callable[[str, dist.Distribution], Tensor]) -> list[Tensor]:
         """z^L .. z^1 from the prior given ``d_prev`` (``[batch, time, channels]`` per
-        layer), each drawn by ``sample(name, prior)``; returns them bottom first."""
+        layer), each drawn by ``sample(name, prior)``; returns them bottom first. The
+        prior of z^l conditions on [d^l_{t-1}, z^{l+1}_t]."""
         zs: list[Tensor] = []
         z_above = None
         for layer in reversed(range(self.layers)):
-            loc, scale = self.prior(layer, d_prev[layer], z_above)
-            z_above = sample(f"z_{layer + 1}", dist.Normal(loc, scale).to_event(1))
+            z_above = sample(f"z_{layer + 1}", self.prior(layer, join(d_prev[layer], z_above)))
             zs.insert(0, z_above)
         return zs
 

@@ -8,8 +8,9 @@ For each step t, with h_0 = 0 (eq. 5-7 of [1]):
 
 The guide (``guides/vrnn.py``) is the filtering posterior q(z_t | x_{<=t}, z_{<t}) =
 N(φ_enc([φ_x(x_t), h_{t-1}])). The recurrence through z is sequential, so there is one
-latent site per step, ``z_t1 .. z_tT``, each ``Normal(loc, scale).to_event(1)`` with
-batch shape ``[batch, 1]`` under the batch plate (dim -2), masked on padded steps.
+latent site per step, ``z_t1 .. z_tT``, each the prior's distribution (by default
+``Normal(loc, scale).to_event(1)``; ``models.priors`` has the others) with batch shape
+``[batch, 1]`` under the batch plate (dim -2), masked on padded steps.
 What does not need the recurrence is vectorised over time: φ_x over all of x first, and
 the decoder and the observation site ``x`` (batch shape ``[batch, time]``) after.
 
@@ -38,8 +39,8 @@ from torch import Tensor, nn
 from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
-from pyro_stcn.heads import GaussianHead
 from pyro_stcn.masks import zero_padding
+from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
 from pyro_stcn.normalise import standardisation
 from pyro_stcn.observation import Observation
 from pyro_stcn.params import register
@@ -52,17 +53,18 @@ class VRNNConfig:
     hidden: int = 128  # width of the LSTM state, φ_x, φ_z and the prior, encoder and output nets
     z_dim: int = 16
     output_layers: int = 2
+    prior: str = "dynamic"  # p(z_t | h_{t-1}), a name in models.priors.PRIORS
     components: int = 20
     shift: list[float] | None = None
     scale: list[float] | None = None
 
 
-def latent_site(t: int, loc: Tensor, scale: Tensor, mask: Tensor) -> Tensor:
-    """The site of z_t ~ N(loc, scale), ``loc``, ``scale`` ``[batch, z_dim]``, masked by
-    ``mask[:, t]``; shared by model and guide, so their KL stays analytic. Returns the
-    site's value, ``[batch, 1, z_dim]``."""
-    z = dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1).mask(mask[:, t, None])
-    return pyro.sample(f"z_t{t + 1}", z, infer={"layer": "z"})
+def latent_site(t: int, z: dist.TorchDistribution, mask: Tensor) -> Tensor:
+    """The site of z_t ~ ``z``, a distribution with batch shape ``[batch, 1]`` and event
+    shape ``[z_dim]``, masked by ``mask[:, t]``; shared by model and guide, so that
+    their sites match (and a Gaussian pair's KL stays analytic). Returns the site's
+    value, ``[batch, 1, z_dim]``."""
+    return pyro.sample(f"z_t{t + 1}", z.mask(mask[:, t, None]), infer={"layer": "z"})
 
 
 class Pass(NamedTuple):
@@ -89,11 +91,12 @@ class VRNN(nn.Module):
         self.config = c = config
         self.phi_x = nn.Sequential(nn.Linear(c.x_dim, c.hidden), nn.ReLU())
         self.phi_z = nn.Sequential(nn.Linear(c.z_dim, c.hidden), nn.ReLU())
-        self.prior = GaussianHead(c.hidden, c.hidden, c.z_dim, layers=1)
+        self.prior = make_prior(c.prior, [c.hidden], [c.z_dim], c.hidden, layers=1)  # context h_{t-1}
         self.cell = nn.LSTMCell(2 * c.hidden, c.hidden)
         self.units = standardisation(c.x_dim, c.shift, c.scale)
         obs = (2 * c.hidden, c.hidden, c.output_layers, c.likelihood, c.x_dim, c.components, self.units)
         self.observe = Observation(*obs)
+        self.register_load_state_dict_pre_hook(rename_old_prior_keys)  # runs saved before models.priors
         self.features = FeatureHandoff(self.x_features, self)
 
     def x_features(self, x: Tensor, mask: Tensor) -> VRNNFeatures:
@@ -138,17 +141,12 @@ class VRNN(nn.Module):
         register("vrnn", self)
         feats = self.features.for_model(x, mask)
         batch, time = mask.shape
-        reuse = feats.guide_pass
-        # With the guide's states, the prior of every step comes from one vectorised pass.
-        prior_loc, prior_scale = self.prior(reuse.h_prev) if reuse is not None else (None, None)
 
-        def draw(t: int, h_prev: Tensor) -> Tensor:
-            if reuse is not None and (t == 0 or h_prev is reuse.states[t - 1][0]):
-                return latent_site(t, prior_loc[:, t], prior_scale[:, t], mask)
-            return latent_site(t, *self.prior(h_prev), mask)
+        def draw(t: int, h_prev: Tensor) -> Tensor:  # z_t ~ p(z_t | h_{t-1})
+            return latent_site(t, self.prior(0, h_prev.unsqueeze(-2)), mask)
 
         with pyro.plate("batch", batch, dim=-2):
-            run = self.recurrence(feats.x, draw, reuse=reuse)
+            run = self.recurrence(feats.x, draw, reuse=feats.guide_pass)
             with pyro.plate("time", time, dim=-1):
                 pyro.sample("x", self.observation(run.z, run.h_prev).mask(mask), obs=zero_padding(x, mask))
 
@@ -163,7 +161,7 @@ class VRNN(nn.Module):
         state = (h, torch.zeros_like(h))
         for t in range(steps):
             h = state[0]
-            z = draw("z", dist.Normal(*self.prior(h)).to_event(1))
+            z = draw("z", self.prior(0, h))
             if t >= given:
                 x[:, t] = draw("x", self.observation(z[:, None], h[:, None]))[:, 0]
             state = self.step(state, self.phi_x(self.units.normalise(x[:, t])), z)

@@ -380,7 +380,8 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--preset", choices=list(PRESETS), help="a paper experiment (pyro_stcn/presets/); flags override it")
     t.add_argument("--model", choices=model_names(), help="default stcn-dense")
     t.add_argument("--guide", choices=guide_names(), help="default: the model's own (ladder for the STCNs)")
-    t.add_argument("--prior", choices=list(PRIORS), help="default dynamic")
+    t.add_argument("--prior", choices=list(PRIORS), help="STCN, MS-STCN, VRNN (default dynamic; mixture needs a "
+                   "guide other than ladder)")  # fmt: skip
     t.add_argument("--likelihood", choices=list(LIKELIHOODS), help="default: the one the data call for")
     t.add_argument("--components", type=int, help="gmm, handwriting: mixture components (STCN default 20)")
     t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo")

@@ -137,7 +137,7 @@ register(
         defaults=VRNNConfig(hidden=64, z_dim=16),
         guides={"vrnn": VRNNGuide},
         default_guide="vrnn",
-        flags={"hidden", "z_dims", "output_layers", "components"},
+        flags={"prior", "hidden", "z_dims", "output_layers", "components"},
         sizes="rnn",
     )
 )
@@ -168,7 +168,7 @@ register(
         ),  # fmt: skip
         guides={"ladder": MultiscaleLadderGuide, "independent": MultiscaleIndependentGuide, "iaf": MultiscaleIAFGuide},
         default_guide="ladder",
-        flags={"channels", "blocks", "z_dims", "layout", "strides", "deterministic", "components"},
+        flags={"prior", "channels", "blocks", "z_dims", "layout", "strides", "deterministic", "components"},
         per_layer={"channels", "z_dims", "strides"},
         sizes="ms-stcn",
         compared=False,

@@ -1,6 +1,7 @@
 import pyro
 import pytest
 import torch
+
 from pyro_stcn.models import STCNConfig
 
 

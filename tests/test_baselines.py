@@ -8,10 +8,10 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro_stcn.models import RNNConfig, VRNNConfig, WavenetConfig
 
 from pyro_stcn.elbo import LayerwiseELBO
 from pyro_stcn.evaluate import evaluate_elbo, iwae_bound, sequence_terms
+from pyro_stcn.models import RNNConfig, VRNNConfig, WavenetConfig
 from pyro_stcn.registry import default_guide, make_guide, make_model
 from tests.conftest import ragged_batch
 
@@ -129,7 +129,7 @@ def _independent_vrnn_elbo(model, guide, x, mask, z):
     c = torch.zeros_like(h)
     log_lik, kl = torch.zeros(len(x)), torch.zeros(len(x))
     for t in range(x.shape[1]):
-        mu_p, sd_p = model.prior(h)
+        mu_p, sd_p = model.prior.gaussian(0, h)
         mu_q, sd_q = guide.encoder(torch.cat([x_feat[:, t], h], -1))
         kl_t = (sd_p.log() - sd_q.log() + (sd_q**2 + (mu_q - mu_p) ** 2) / (2 * sd_p**2) - 0.5).sum(-1)
         p_x = model.observe(torch.cat([model.phi_z(z[:, t]), h], -1))

@@ -45,7 +45,7 @@ def _exact_log_likelihood(model, x, mask, grid: int = 4001) -> torch.Tensor:
     each a 1-D integral done on a grid of ±10 prior standard deviations."""
     with torch.no_grad():
         d_prev = model.trunk_features(x, mask).d_prev
-        loc, scale = model.prior(0, d_prev[0], None)  # [batch, time, 1]
+        loc, scale = model.prior.gaussian(0, d_prev[0])  # [batch, time, 1]
         u = torch.linspace(-10, 10, grid)
         z = loc + scale * u[:, None, None, None]  # [grid, batch, time, 1]
         log_prior = torch.distributions.Normal(loc, scale).log_prob(z)[..., 0]

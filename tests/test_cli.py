@@ -125,7 +125,7 @@ def test_ms_stcn_trains_and_reports_each_layer(extra, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--model", "ms-stcn", "--prior", "standard"], "--prior does not apply to --model ms-stcn, which takes"),
+        (["--model", "rnn", "--prior", "standard"], "--prior does not apply to --model rnn, which takes"),
         (["--model", "stcn", "--layout", "iamondb"], "--layout does not apply to --model stcn"),
         (["--model", "rnn", "--z-dims", "4"], "--z-dims does not apply to --model rnn, which takes --components"),
         (["--model", "wavenet", "--deterministic"], "--deterministic does not apply to --model wavenet"),

@@ -16,6 +16,7 @@ from pyro_stcn.elbo import (
     unit_kl,
 )
 from pyro_stcn.evaluate import iwae_bound, sequence_terms
+from pyro_stcn.heads import join
 from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
@@ -114,7 +115,7 @@ def test_elbo_value_against_hand_computation(dense):
         for layer in reversed(range(model.layers)):
             q = trace.nodes[f"z_{layer + 1}"]["fn"].base_dist.base_dist
             z = trace.nodes[f"z_{layer + 1}"]["value"]
-            loc_p, scale_p = model.prior(layer, feats.d_prev[layer], z_above)
+            loc_p, scale_p = model.prior.gaussian(layer, join(feats.d_prev[layer], z_above))
             kl = kl + (_gaussian_kl(q.loc, q.scale, loc_p, scale_p) * m).sum()
             zs.insert(0, z)
             z_above = z

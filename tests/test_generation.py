@@ -4,9 +4,9 @@ every generated step follows the full Pyro model's conditionals."""
 import pytest
 import torch
 from pyro import poutine
+
 from pyro_stcn.models import MSSTCNConfig, STCNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
-
 from pyro_stcn.registry import make_model
 from pyro_stcn.wavenet import Wavenet
 

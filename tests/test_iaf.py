@@ -9,9 +9,9 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
-from pyro_stcn.guides import IAFGuide, MultiscaleIAFGuide
 from torch.distributions import kl_divergence
 
+from pyro_stcn.guides import IAFGuide, MultiscaleIAFGuide
 from pyro_stcn.registry import family_of, make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_causality import _grad_by_step

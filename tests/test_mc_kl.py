@@ -12,13 +12,13 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
-from pyro_stcn.guides import LadderGuide
-from pyro_stcn.guides.independent import IndependentGuide
-from pyro_stcn.models import STCN
 from torch import Tensor, nn
 
 from pyro_stcn.elbo import AnnealedELBO, FreeBitsELBO, LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import sequence_terms
+from pyro_stcn.guides import LadderGuide
+from pyro_stcn.guides.independent import IndependentGuide
+from pyro_stcn.models import STCN
 from tests.conftest import ragged_batch, tiny_config
 
 FLOW_LAYERS = (0, 2)  # z_1 and z_3 through a flow, z_2 plain Gaussian: both KL paths in one objective

@@ -10,13 +10,13 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
-from pyro_stcn.models import MS_STCN_LAYOUTS, MSSTCNConfig
-from pyro_stcn.models.ms_stcn import default_dilations
 from torch.distributions import Normal
 
 from pyro_stcn.data import pad_batch
 from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import evaluate_elbo, sequence_terms
+from pyro_stcn.models import MS_STCN_LAYOUTS, MSSTCNConfig
+from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch
 
@@ -182,7 +182,7 @@ def test_elbo_against_hand_computation(strides):
         for l in reversed(range(3)):
             delayed = torch.cat([torch.zeros_like(d[l][..., :1]), d[l][..., :-1]], dim=-1)
             h = model.h_nets[l](delayed if g is None else torch.cat([g, delayed], 1))
-            loc_p, scale_p = model.prior[l](h.transpose(1, 2))
+            loc_p, scale_p = model.prior.gaussian(l, h.transpose(1, 2))
             q = trace.nodes[f"z_{l + 1}"]["fn"].base_dist.base_dist
             coarse = torch.tensor(
                 [
@@ -213,7 +213,7 @@ def test_deterministic_control():
     # its -ELBO is the exact NLL: the same on every evaluation, with no KL
     losses = {LayerwiseELBO().loss(model.model, guide, x, mask) for _ in range(3)}
     assert len(losses) == 1
-    assert len(model.prior) == 0 and sum(p.numel() for p in guide.parameters()) == 0
+    assert len(model.prior.heads) == 0 and sum(p.numel() for p in guide.parameters()) == 0
     report = evaluate_elbo(model.model, guide, [x[0], x[1, :5]], seed=None)
     assert report.kl_per_sequence == {}
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from pyro_stcn.models import STCNConfig
 
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import load_digits_splits, pad_batch
 from pyro_stcn.elbo import AnnealedELBO, LayerwiseELBO
 from pyro_stcn.evaluate import evaluate_elbo
+from pyro_stcn.models import STCNConfig
 from pyro_stcn.reference import independent_bernoulli_nll
 from pyro_stcn.registry import make_guide, make_model
 from pyro_stcn.train import TrainConfig, train
