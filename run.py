@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from guides import GUIDES, default_guide, make_guide
-from models import (
+from pyro_stcn.guides import GUIDES, default_guide, make_guide
+from pyro_stcn.models import (
     MODELS,
     MS_STCN_LAYOUTS,
     PRIORS,
@@ -40,7 +40,7 @@ from models import (
     WavenetConfig,
     make_model,
 )
-from models.ms_stcn import default_dilations
+from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.benchmark import time_generation
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.compare import Contender, compare, write_comparison

@@ -4,12 +4,12 @@ baselines."""
 
 from torch import nn
 
-from guides.deterministic import NoLatentGuide
-from guides.independent import IndependentGuide, MultiscaleIndependentGuide
-from guides.ladder import LadderGuide, MultiscaleLadderGuide, precision_weighted
-from guides.vrnn import VRNNGuide
-from models import MODELS, RNN, STCN, VRNN, WavenetModel
-from models.ms_stcn import MSSTCN
+from pyro_stcn.guides.deterministic import NoLatentGuide
+from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
+from pyro_stcn.guides.ladder import LadderGuide, MultiscaleLadderGuide, precision_weighted
+from pyro_stcn.guides.vrnn import VRNNGuide
+from pyro_stcn.models import MODELS, RNN, STCN, VRNN, WavenetModel
+from pyro_stcn.models.ms_stcn import MSSTCN
 from pyro_stcn.choices import choose
 
 GUIDES = {  # name -> {model class: its guide of that name}

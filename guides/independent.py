@@ -20,8 +20,8 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from models.ms_stcn import MSSTCN, MSFeatures
-from models.stcn import STCN
+from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
+from pyro_stcn.models.stcn import STCN
 from pyro_stcn.heads import GaussianHead, join, layer_heads
 from pyro_stcn.params import register
 from pyro_stcn.wavenet import Features

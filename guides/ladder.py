@@ -15,8 +15,8 @@ References:
 
 from torch import Tensor
 
-from guides.independent import IndependentGuide, MultiscaleIndependentGuide
-from models.ms_stcn import MSFeatures
+from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
+from pyro_stcn.models.ms_stcn import MSFeatures
 from pyro_stcn.wavenet import Features
 
 

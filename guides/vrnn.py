@@ -14,7 +14,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from models.vrnn import VRNN, latent_site
+from pyro_stcn.models.vrnn import VRNN, latent_site
 from pyro_stcn.heads import GaussianHead
 from pyro_stcn.params import register
 

@@ -3,13 +3,13 @@ the baselines Wavenet, Wavenet-dense, RNN and VRNN."""
 
 import dataclasses
 
-from models.ms_stcn import MSSTCN, MSSTCNConfig
-from models.ms_stcn_layouts import MS_STCN_LAYOUTS
-from models.priors import PRIORS, DynamicPrior, StandardPrior
-from models.rnn import RNN, RNNConfig
-from models.stcn import STCN, STCNConfig
-from models.vrnn import VRNN, VRNNConfig
-from models.wavenet import WavenetConfig, WavenetModel
+from pyro_stcn.models.ms_stcn import MSSTCN, MSSTCNConfig
+from pyro_stcn.models.ms_stcn_layouts import MS_STCN_LAYOUTS
+from pyro_stcn.models.priors import PRIORS, DynamicPrior, StandardPrior
+from pyro_stcn.models.rnn import RNN, RNNConfig
+from pyro_stcn.models.stcn import STCN, STCNConfig
+from pyro_stcn.models.vrnn import VRNN, VRNNConfig
+from pyro_stcn.models.wavenet import WavenetConfig, WavenetModel
 from pyro_stcn.choices import choose
 
 MODELS = {  # name -> its config, in the order of paper 1's tables

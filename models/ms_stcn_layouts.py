@@ -14,7 +14,7 @@ The "w/o latent variables" control of Table 1 is any of these with ``latent=Fals
 (``run.py train --deterministic``).
 """
 
-from models.ms_stcn import MSSTCNConfig
+from pyro_stcn.models.ms_stcn import MSSTCNConfig
 
 DILATED = [1, 2, 4, 8, 16]
 FLAT = [1, 1, 1, 1, 1]

@@ -26,7 +26,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from models.priors import make_prior
+from pyro_stcn.models.priors import make_prior
 from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, over_trunk, sample, start_sequences
 from pyro_stcn.handoff import FeatureHandoff

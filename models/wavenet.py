@@ -34,7 +34,7 @@ from pyro_stcn.wavenet import Wavenet
 
 @dataclass
 class WavenetConfig:
-    """Sizes of a Wavenet baseline; those shared with :class:`~models.stcn.STCNConfig`
+    """Sizes of a Wavenet baseline; those shared with :class:`~pyro_stcn.models.stcn.STCNConfig`
     mean the same there."""
 
     x_dim: int = 1

@@ -2,7 +2,7 @@ import pyro
 import pytest
 import torch
 
-from models import STCNConfig
+from pyro_stcn.models import STCNConfig
 
 
 @pytest.fixture(autouse=True)

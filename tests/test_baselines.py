@@ -9,8 +9,8 @@ import pytest
 import torch
 from pyro import poutine
 
-from guides import default_guide, make_guide
-from models import RNNConfig, VRNNConfig, WavenetConfig, make_model
+from pyro_stcn.guides import default_guide, make_guide
+from pyro_stcn.models import RNNConfig, VRNNConfig, WavenetConfig, make_model
 from pyro_stcn.elbo import LayerwiseELBO
 from pyro_stcn.evaluate import evaluate_elbo, iwae_bound, sequence_terms
 from tests.conftest import ragged_batch

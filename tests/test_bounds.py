@@ -5,8 +5,8 @@ import pyro
 import pytest
 import torch
 
-from guides import make_guide
-from models import make_model
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import make_model
 from pyro_stcn.evaluate import evaluate_elbo, evaluate_iwae, iwae_bound, sequence_terms
 from pyro_stcn.masks import zero_padding
 from tests.conftest import ragged_batch, tiny_config

@@ -5,8 +5,8 @@ import pytest
 import torch
 from pyro import poutine
 
-from guides import make_guide
-from models import make_model
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import make_model
 from tests.conftest import ragged_batch, tiny_config
 
 T = 12

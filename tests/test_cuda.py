@@ -4,8 +4,8 @@ import pyro
 import pytest
 import torch
 
-from guides import make_guide
-from models import make_model
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import make_model
 from pyro_stcn.elbo import LinearFreeBitsELBO
 from pyro_stcn.evaluate import evaluate_elbo
 from tests.conftest import ragged_batch, tiny_config

@@ -6,8 +6,8 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
-from guides import make_guide
-from models import make_model
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import make_model
 from pyro_stcn.elbo import (
     AnnealedELBO,
     FreeBitsELBO,

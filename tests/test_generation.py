@@ -5,8 +5,8 @@ import pytest
 import torch
 from pyro import poutine
 
-from models import MSSTCNConfig, STCNConfig, make_model
-from models.ms_stcn import default_dilations
+from pyro_stcn.models import MSSTCNConfig, STCNConfig, make_model
+from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.wavenet import Wavenet
 
 LIKELIHOODS = [("bernoulli", 1), ("handwriting", 3), ("gmm", 4)]

@@ -4,9 +4,9 @@ import pyro
 import pytest
 import torch
 
-from guides import make_guide
-from models import VRNNConfig, make_model
-from models.priors import make_prior
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import VRNNConfig, make_model
+from pyro_stcn.models.priors import make_prior
 from tests.conftest import ragged_batch, tiny_config
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from guides import precision_weighted
+from pyro_stcn.guides import precision_weighted
 from pyro_stcn.likelihoods import PenStroke, diagonal_gmm, make_likelihood
 
 N = 200_000

@@ -11,9 +11,9 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from guides import make_guide
-from models import MS_STCN_LAYOUTS, MSSTCNConfig, make_model
-from models.ms_stcn import default_dilations
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import MS_STCN_LAYOUTS, MSSTCNConfig, make_model
+from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.data import pad_batch
 from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import evaluate_elbo, sequence_terms

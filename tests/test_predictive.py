@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from guides import make_guide
-from models import MSSTCNConfig, make_model
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import MSSTCNConfig, make_model
 from pyro_stcn.predictive import lag1_autocorrelation, one_step_ahead, posterior_predictive_check, statistics
 from tests.conftest import ragged_batch, tiny_config
 

@@ -10,8 +10,8 @@ from pyro import poutine
 from pyro.infer import Predictive, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from guides import make_guide
-from models import make_model
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import make_model
 from pyro_stcn.elbo import LinearFreeBitsELBO
 from tests.conftest import ragged_batch, tiny_config
 

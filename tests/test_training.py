@@ -9,8 +9,8 @@ import pyro
 import pytest
 import torch
 
-from guides import make_guide
-from models import STCNConfig, make_model
+from pyro_stcn.guides import make_guide
+from pyro_stcn.models import STCNConfig, make_model
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import load_digits_splits, pad_batch
 from pyro_stcn.elbo import AnnealedELBO, LayerwiseELBO
