@@ -18,18 +18,35 @@ improvement of ``min_improvement`` stop the run (the authors' 10 evaluations and
 ``last.pt`` is written at each validation; an interrupted run resumes from it exactly:
 parameters, optimizer, learning rate, random state and the batch stream all continue
 where they were.
+
+The parts. :func:`train` tells the story of a run; each part it calls does one thing:
+
+- :class:`TrainState`: how far the run has got (step, best validation, patience,
+  seconds). It is the only state that changes between steps besides the parameters,
+  the optimizer and the random state, and is saved in checkpoints as a plain dict.
+- :class:`_Run`: the optimizer and learning-rate schedule over the modules' parameters,
+  and the parts that use them: ``resume`` (load ``last.pt``), ``step`` (one SVI step
+  on one batch, returning its log row), ``validate`` (validation -ELBO, best and
+  patience bookkeeping) and ``checkpoint`` (the one place a checkpoint is written).
+- :class:`_Clock` (the time budget), :class:`_Progress` (the bar) and :class:`_Log`
+  (the CSV log, one row per step).
+
+Later guards slot into one part each: a divergence guard into ``step`` (skip an update
+whose loss or gradient norm is not finite), a signal handler between steps of the
+loop (``checkpoint`` after the current step), multi-process training into
+``checkpoint`` and :class:`_Log` (only one process writes) and the batch stream.
 """
 
 import csv
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pyro
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_stcn.checkpoint import load_checkpoint, save_checkpoint
@@ -65,6 +82,38 @@ class TrainResult:
     out_of_time: bool  # stopped by the time budget
 
 
+@dataclass
+class TrainState:
+    """How far a run has got. Checkpoints hold it as a plain dict (``asdict``), so
+    that they load with ``weights_only=True``; :meth:`from_dict` reads it back."""
+
+    step: int = 0  # optimizer steps taken
+    best_valid: float = math.inf  # the lowest validation -ELBO, that of best.pt
+    best_step: int = 0  # the step of best.pt; 0 before the first validation
+    patience_best: float = math.inf  # the last validation that improved by min_improvement
+    bad_validations: int = 0  # validations since patience_best
+    stopped_early: bool = False
+    seconds: float = 0.0  # of training, validations included, at the last validation
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainState":
+        expected = [f.name for f in fields(cls)]
+        if sorted(saved) != sorted(expected):
+            raise ValueError(f"a checkpoint's train_state has keys {sorted(saved)}, expected {sorted(expected)}")
+        return cls(**saved)
+
+    def count_patience(self, valid: float, min_improvement: float, patience: int) -> None:
+        """Count validations without a real (relative) improvement: ``valid`` must beat
+        ``patience_best`` by ``min_improvement · |patience_best|``; ``patience`` failures
+        in a row stop the run."""
+        target = self.patience_best
+        if math.isinf(target) or valid < target - min_improvement * abs(target):
+            self.patience_best, self.bad_validations = valid, 0
+        else:
+            self.bad_validations += 1
+        self.stopped_early = self.bad_validations >= patience
+
+
 LOG_FIELDS = ["step", "loss", "kl", "lr", "valid_loss", "seconds"]
 
 
@@ -88,138 +137,192 @@ def train(
     ``{"beta": linear_warmup}``. ``run_config`` is stored in every checkpoint. If
     ``run_dir/last.pt`` exists the run resumes from it.
     """
+    _check(config)
+    run = _Run(model, guide, modules, objective, config, Path(run_dir), schedules or {}, torch.device(device),
+               run_config or {})  # fmt: skip
+    pyro.set_rng_seed(config.seed)
+    state = run.resume()
+    log = _Log(run.dir / "log.csv")
+    stream = shuffled_batches(
+        data.train, config.batch_size, config.seed, start=state.step, crop=config.crop, augment=data.augment
+    )
+    clock = _Clock(config.budget, state.seconds)
+    bar = _Progress(config, state, enabled=progress)
+    try:
+        while state.step < config.steps and not state.stopped_early and not clock.out_of_time():
+            row = run.step(state, next(stream))
+            if state.step % config.valid_every == 0 or state.step == config.steps or clock.out_of_time():
+                row.update(run.validate(state, data.valid[: config.valid_sequences], clock))
+                log.write(row)
+                log.flush()  # before last.pt: a resumed run drops the rows after its step, never lacks one
+                run.checkpoint("last.pt", state)
+            else:
+                log.write(row)
+            bar.show(state, row, clock)
+    except KeyboardInterrupt:
+        _report_interrupt(run.dir, state)
+        raise
+    finally:
+        bar.close()
+        log.close()
+    return run.result(state)
+
+
+def _check(config: TrainConfig) -> None:
     if config.steps < 1 or config.valid_every < 1:
         raise ValueError(f"steps and valid_every must be positive, got {config.steps} and {config.valid_every}")
     if config.budget is not None and not 0 < config.budget < math.inf:
         raise ValueError(f"budget must be a positive number of seconds, got {config.budget}")
     if config.valid_sequences is not None and config.valid_sequences < 1:
         raise ValueError(f"valid_sequences must be positive, got {config.valid_sequences}")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    schedules = schedules or {}
-    params = list({id(p): p for m in modules.values() for p in m.parameters()}.values())
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: config.lr_decay ** (step / config.lr_decay_steps)
-    )
 
-    pyro.set_rng_seed(config.seed)
-    state = {
-        "step": 0,
-        "best_valid": float("inf"),
-        "best_step": 0,
-        "patience_best": float("inf"),  # the last validation that improved by min_improvement
-        "bad_validations": 0,
-        "stopped_early": False,
-        "seconds": 0.0,
-    }
-    last = run_dir / "last.pt"
-    if last.exists():
+
+class _Clock:
+    """Seconds of training, counting those spent before a resumption, against the budget."""
+
+    def __init__(self, budget: float | None, spent: float):
+        self.budget = budget
+        self.started = time.perf_counter() - spent
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def out_of_time(self) -> bool:
+        return self.budget is not None and self.seconds() >= self.budget
+
+
+@dataclass
+class _Run:
+    """What the steps of a run share: the model, guide and objective, the optimizer and
+    its learning-rate schedule over the modules' parameters, and the run folder."""
+
+    model: Callable
+    guide: Callable
+    modules: dict[str, nn.Module]
+    objective: LayerwiseELBO
+    config: TrainConfig
+    dir: Path
+    schedules: dict[str, Callable[[int], float]]
+    device: torch.device
+    run_config: dict
+    params: list[nn.Parameter] = field(init=False)
+    optimizer: torch.optim.Adam = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.params = list({id(p): p for m in self.modules.values() for p in m.parameters()}.values())
+        self.optimizer = torch.optim.Adam(self.params, lr=self.config.lr)
+        decay, every = self.config.lr_decay, self.config.lr_decay_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: decay ** (step / every))
+
+    def resume(self) -> TrainState:
+        """Continue from ``last.pt`` if there is one: parameters, optimizer, learning
+        rate, random state and :class:`TrainState`; log rows after its step are dropped."""
+        last = self.dir / "last.pt"
+        if not last.exists():
+            return TrainState()
         ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
-        for name, module in modules.items():
-            module.load_state_dict(ckpt[name])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        self._load_modules(ckpt)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"])
         if ckpt["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        state = ckpt["train_state"]
-        _truncate_log(run_dir / "log.csv", state["step"])
-        tqdm.write(f"resuming {run_dir} from step {state['step']}")
-        if state["stopped_early"]:
-            tqdm.write(f"this run stopped early at step {state['step']}: nothing left to train")
+        state = TrainState.from_dict(ckpt["train_state"])
+        _truncate_log(self.dir / "log.csv", state.step)
+        tqdm.write(f"resuming {self.dir} from step {state.step}")
+        if state.stopped_early:
+            tqdm.write(f"this run stopped early at step {state.step}: nothing left to train")
+        return state
 
-    def checkpoint(path: Path) -> None:
+    def step(self, state: TrainState, batch: tuple[Tensor, Tensor]) -> dict:
+        """One SVI step on ``batch`` (x [batch, time, channels], mask [batch, time]);
+        returns its log row, the loss and KLs per sequence."""
+        for attr, schedule in self.schedules.items():
+            setattr(self.objective, attr, schedule(state.step))
+        x, mask = (t.to(self.device) for t in batch)
+        loss = self.objective.differentiable_loss(self.model, self.guide, x, mask) / len(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        state.step += 1
+        kl = self.objective.kl
+        return {
+            "step": state.step,
+            "loss": loss.item(),
+            "kl": sum(kl.values()) / len(x),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"kl_{name}": value / len(x) for name, value in sorted(kl.items())},
+        }
+
+    def validate(self, state: TrainState, sequences: Sequence[Tensor], clock: _Clock) -> dict:
+        """The validation -ELBO of ``sequences``; a new best writes ``best.pt``, then
+        patience and the time are counted. Returns the validation's log columns."""
+        valid = evaluate_elbo(self.model, self.guide, sequences, device=self.device).per_sequence
+        if valid < state.best_valid:
+            state.best_valid, state.best_step = valid, state.step
+            self.checkpoint("best.pt", state)
+        state.count_patience(valid, self.config.min_improvement, self.config.patience)
+        state.seconds = clock.seconds()
+        return {"valid_loss": valid, "seconds": state.seconds}
+
+    def checkpoint(self, filename: str, state: TrainState) -> None:
+        """Write ``run_dir/filename`` atomically: everything a resumed run needs."""
         save_checkpoint(
             {
-                **{name: m.state_dict() for name, m in modules.items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                **{name: m.state_dict() for name, m in self.modules.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                "train_state": dict(state),
-                "train_config": asdict(config),
-                "run_config": run_config or {},
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "train_state": asdict(state),
+                "train_config": asdict(self.config),
+                "run_config": self.run_config,
             },
-            path,
+            self.dir / filename,
         )
 
-    log = _Log(run_dir / "log.csv")
-    stream = shuffled_batches(
-        data.train, config.batch_size, config.seed, start=state["step"], crop=config.crop, augment=data.augment
-    )
-    started = time.perf_counter() - state["seconds"]
+    def result(self, state: TrainState) -> TrainResult:
+        """Load ``best.pt`` into the modules and sum the run up."""
+        self._load_modules(load_checkpoint(self.dir / "best.pt"))
+        out_of_time = state.step < self.config.steps and not state.stopped_early
+        return TrainResult(state.best_step, state.best_valid, state.step, state.stopped_early, state.seconds,
+                           out_of_time)  # fmt: skip
 
-    def out_of_time() -> bool:
-        return config.budget is not None and time.perf_counter() - started >= config.budget
+    def _load_modules(self, ckpt: dict) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(ckpt[name])
 
-    # With a time budget the bar counts seconds of it; otherwise steps.
-    timed = config.budget is not None
-    total = round(config.budget) if timed else config.steps
-    done = min(round(state["seconds"]), total) if timed else state["step"]
-    timed_format = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s of the budget{postfix}"
-    bar = tqdm(total=total, initial=done, disable=not progress, dynamic_ncols=True, desc="train",
-               bar_format=timed_format if timed else None)  # fmt: skip
-    try:
-        while state["step"] < config.steps and not state["stopped_early"] and not out_of_time():
-            step = state["step"]
-            for attr, schedule in schedules.items():
-                setattr(objective, attr, schedule(step))
-            x, mask = next(stream)
-            x, mask = x.to(device), mask.to(device)
-            loss = objective.differentiable_loss(model, guide, x, mask) / len(x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-            optimizer.step()
-            scheduler.step()
-            state["step"] = step = step + 1
 
-            row = {
-                "step": step,
-                "loss": loss.item(),
-                "kl": sum(objective.kl.values()) / len(x),
-                "lr": optimizer.param_groups[0]["lr"],
-                **{f"kl_{name}": value / len(x) for name, value in sorted(objective.kl.items())},
-            }
-            if step % config.valid_every == 0 or step == config.steps or out_of_time():
-                valid = evaluate_elbo(model, guide, data.valid[: config.valid_sequences], device=device).per_sequence
-                if valid < state["best_valid"]:
-                    state.update(best_valid=valid, best_step=step)
-                    checkpoint(run_dir / "best.pt")
-                # Patience counts validations without a real (relative) improvement.
-                target = state["patience_best"]
-                if math.isinf(target) or valid < target - config.min_improvement * abs(target):
-                    state.update(patience_best=valid, bad_validations=0)
-                else:
-                    state["bad_validations"] += 1
-                state["stopped_early"] = state["bad_validations"] >= config.patience
-                state["seconds"] = time.perf_counter() - started
-                row.update(valid_loss=valid, seconds=state["seconds"])
-                log.write(row)
-                log.flush()
-                checkpoint(last)
-            else:
-                log.write(row)
-            bar.update(min(round(time.perf_counter() - started), total) - bar.n if timed else 1)
-            best = f"{state['best_valid']:.2f}" if state["best_step"] else "-"
-            bar.set_postfix(step=step, loss=f"{row['loss']:.2f}", kl=f"{row['kl']:.2f}", best_valid=best, refresh=False)
-    except KeyboardInterrupt:
-        saved = load_checkpoint(last)["train_state"]["step"] if last.exists() else 0
-        tqdm.write(f"interrupted at step {state['step']}; resuming {run_dir} continues from step {saved}")
-        raise
-    finally:
-        bar.close()
-        log.close()
+class _Progress:
+    """The progress bar: with a time budget it counts seconds of it, otherwise steps."""
 
-    timed_out = state["step"] < config.steps and not state["stopped_early"]
-    best = load_checkpoint(run_dir / "best.pt")
-    for name, module in modules.items():
-        module.load_state_dict(best[name])
-    return TrainResult(
-        state["best_step"], state["best_valid"], state["step"], state["stopped_early"], state["seconds"], timed_out
-    )
+    def __init__(self, config: TrainConfig, state: TrainState, enabled: bool):
+        self.timed = config.budget is not None
+        self.total = round(config.budget) if self.timed else config.steps
+        done = min(round(state.seconds), self.total) if self.timed else state.step
+        timed_format = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s of the budget{postfix}"
+        self.bar = tqdm(total=self.total, initial=done, disable=not enabled, dynamic_ncols=True, desc="train",
+                        bar_format=timed_format if self.timed else None)  # fmt: skip
+
+    def show(self, state: TrainState, row: dict, clock: _Clock) -> None:
+        self.bar.update(min(round(clock.seconds()), self.total) - self.bar.n if self.timed else 1)
+        best = f"{state.best_valid:.2f}" if state.best_step else "-"
+        self.bar.set_postfix(
+            step=state.step, loss=f"{row['loss']:.2f}", kl=f"{row['kl']:.2f}", best_valid=best, refresh=False
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _report_interrupt(run_dir: Path, state: TrainState) -> None:
+    last = run_dir / "last.pt"
+    saved = load_checkpoint(last)["train_state"]["step"] if last.exists() else 0
+    tqdm.write(f"interrupted at step {state.step}; resuming {run_dir} continues from step {saved}")
 
 
 class _Log:

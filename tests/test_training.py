@@ -2,6 +2,7 @@
 and a short run on real digits that beats an honest reference."""
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pyro
@@ -15,7 +16,7 @@ from pyro_stcn.evaluate import evaluate_elbo
 from pyro_stcn.models import STCNConfig
 from pyro_stcn.reference import independent_bernoulli_nll
 from pyro_stcn.registry import make_guide, make_model
-from pyro_stcn.train import TrainConfig, train
+from pyro_stcn.train import TrainConfig, TrainState, train
 
 SMALL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[8, 4, 4, 2], channels=16, blocks=4, hidden=16)
 
@@ -146,6 +147,70 @@ def test_interrupted_run_resumes_exactly(digits, tmp_path):
     with open(tmp_path / "resumed" / "log.csv") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert steps == list(range(1, 31))
+
+
+def _assert_identical(a, b, where: str = "") -> None:
+    """Bit for bit: tensors by torch.equal, containers element by element; a checkpoint's
+    wall-clock ``seconds`` and its ``train_config`` (the steps asked for) are skipped."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a.keys() - {"seconds", "train_config"}:
+            _assert_identical(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def _log_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_a_run_stopped_and_resumed_with_more_steps_matches_an_uninterrupted_one(digits, tmp_path):
+    """Trained to step 10, then to 20, then to 30: parameters, optimizer, learning-rate
+    schedule, random state, training state and every log row (as written, so bit for
+    bit; only the wall-clock seconds differ) equal those of one run of 30 steps."""
+    straight, straight_guide, _ = _train(digits, tmp_path / "straight", steps=30, valid_every=10)
+    for steps in (10, 20, 30):
+        resumed, resumed_guide, result = _train(digits, tmp_path / "resumed", steps=steps, valid_every=10)
+        assert result.last_step == steps
+    _assert_identical(straight.state_dict(), resumed.state_dict(), "model")
+    _assert_identical(straight_guide.state_dict(), resumed_guide.state_dict(), "guide")
+    for name in ("last.pt", "best.pt"):
+        ckpts = [load_checkpoint(tmp_path / run / name) for run in ("straight", "resumed")]
+        _assert_identical(*ckpts, name)
+    rows = _log_rows(tmp_path / "straight")
+    assert [int(row["step"]) for row in rows] == list(range(1, 31))
+    assert [row["valid_loss"] != "" for row in rows] == [step % 10 == 0 for step in range(1, 31)]
+    assert rows == _log_rows(tmp_path / "resumed")
+
+
+def test_train_state_reads_back_from_a_checkpoint_dict():
+    # the dict that checkpoints have held since before TrainState: the same keys
+    saved = {"step": 40, "best_valid": 37.5, "best_step": 30, "patience_best": 38.0, "bad_validations": 1,
+             "stopped_early": False, "seconds": 9.5}  # fmt: skip
+    state = TrainState.from_dict(saved)
+    assert (state.step, state.best_valid, state.best_step, state.patience_best) == (40, 37.5, 30, 38.0)
+    assert (state.bad_validations, state.stopped_early, state.seconds) == (1, False, 9.5)
+    assert dataclasses.asdict(state) == saved
+    with pytest.raises(ValueError, match="train_state has keys.*expected"):
+        TrainState.from_dict({k: v for k, v in saved.items() if k != "bad_validations"})
+
+
+def test_patience_counts_validations_without_a_relative_improvement():
+    state = TrainState()
+    # to count as better, beat 100 by 1% (< 99), then 98.9 by 1% (< 97.911)
+    for valid, bad in [(100.0, 0), (99.5, 1), (98.9, 0), (98.0, 1), (97.95, 2)]:
+        assert not state.stopped_early
+        state.count_patience(valid, min_improvement=0.01, patience=2)
+        assert state.bad_validations == bad, valid
+    assert state.patience_best == 98.9 and state.stopped_early
 
 
 def test_early_stopping(digits, tmp_path):
