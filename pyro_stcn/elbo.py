@@ -192,6 +192,12 @@ class LinearFreeBitsELBO(LayerwiseELBO):
     ``KL_i · sg(KL_i) / λ`` equals KL_i at λ, so the objective is continuous, and
     its gradient ``∇KL_i · KL_i / λ`` fades as KL_i → 0 instead of vanishing at once.
     λ = 0 gives the plain ELBO.
+
+    The weight sg(KL_i)/λ is clamped at 0 from below. An analytic KL is never
+    negative, so this changes nothing there; a Monte Carlo estimate log q(z) - log p(z)
+    often is, and a negative weight would push that unit's divergence *up* (measured:
+    an IAF guide on the digits then reached a KL of 387 nats per image in 150 steps,
+    against 1.0 with the plain ELBO).
     """
 
     def __init__(self, lam: float = 0.5, **kwargs):
@@ -201,7 +207,7 @@ class LinearFreeBitsELBO(LayerwiseELBO):
     def kl_surrogate(self, kl: Tensor) -> Tensor:
         if self.lam <= 0:
             return kl.sum()
-        below = kl * kl.detach() / self.lam
+        below = kl * kl.detach().clamp(min=0) / self.lam
         return torch.where(kl >= self.lam, kl, below).sum()
 
 

@@ -19,7 +19,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_stcn.data.batching import batches
-from pyro_stcn.elbo import layer_of, unit_kl
+from pyro_stcn.elbo import bottom_first, layer_of, unit_kl
 
 
 def trace_pair(model: Callable, guide: Callable, x: Tensor, mask: Tensor):
@@ -173,3 +173,21 @@ def evaluate_elbo(
         sequences=bound.sequences,
         steps=steps,
     )
+
+
+def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
+    """The -ELBO and, in the layout of paper 2's Table 2, the KL of each layer."""
+    lines = [
+        f"{title}: -ELBO = {report.per_sequence:.2f} ± {report.stderr:.2f} nats per sequence, "
+        f"{report.per_step:.4f} nats per step ({report.sequences} sequences, {report.steps} steps)"
+    ]
+    if not report.kl_per_sequence:
+        return lines + ["no latent variables: this -ELBO is the exact negative log-likelihood"]
+    names = bottom_first(report.kl_per_sequence)
+    kls = [report.kl_per_sequence[n] for n in names]
+    return lines + [
+        "KL of each latent layer, nats per sequence (bottom layer first):",
+        "| model | " + " | ".join(names) + " | total |",
+        "|---" * (len(names) + 2) + "|",
+        f"| {model} | " + " | ".join(f"{kl:.3f}" for kl in kls) + f" | {sum(kls):.3f} |",
+    ]

@@ -139,3 +139,11 @@ def make_likelihood(name: str, in_dim: int, x_dim: int, components: int) -> Like
     if likelihood in (GMMLikelihood, HandwritingLikelihood):
         return likelihood(in_dim, x_dim, components=components)
     return likelihood(in_dim, x_dim)
+
+
+PRINTED = {  # the names tables print
+    "bernoulli": "Bernoulli",
+    "gaussian": "Gaussian",
+    "gmm": "GMM",
+    "handwriting": "pen Bernoulli × GMM",
+}

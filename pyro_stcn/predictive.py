@@ -124,3 +124,20 @@ def posterior_predictive_check(
         p = {kind: float((values >= real).double().mean()) for kind, values in replicated.items()}
         rows.append(CheckRow(name, real, replicated, p))
     return rows
+
+
+def check_table(title: str, rows: list[CheckRow]) -> list[str]:
+    """The checks as Markdown lines: each statistic's real value, and for each kind of
+    replicate its mean ± sd and the p-value."""
+    kinds = list(rows[0].p_value)
+    lines = [
+        title,
+        "| statistic | real | " + " | ".join(f"{k} (mean ± sd) | p" for k in kinds) + " |",
+        "|---|---|" + "---|---|" * len(kinds),
+    ]
+    for row in rows:
+        cells = [
+            f"{row.replicated[k].mean():.4g} ± {row.replicated[k].std():.2g} | {row.p_value[k]:.2f}" for k in kinds
+        ]
+        lines.append(f"| {row.statistic} | {row.real:.4g} | " + " | ".join(cells) + " |")
+    return lines

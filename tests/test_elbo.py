@@ -86,6 +86,13 @@ def test_linear_free_bits_formula_on_handmade_kl():
     torch.testing.assert_close(grad, torch.tensor([0.0, 0.2, 0.5, 1.0, 1.0, 1.0]))
 
 
+def test_linear_free_bits_never_pushes_a_negative_monte_carlo_kl_up():
+    """A sampled log q - log p can be negative; its gradient weight is 0, not negative."""
+    kl = torch.tensor([-0.3, -0.01, 0.2], requires_grad=True)
+    (grad,) = torch.autograd.grad(LinearFreeBitsELBO(lam=0.5).kl_surrogate(kl), kl)
+    torch.testing.assert_close(grad, torch.tensor([0.0, 0.0, 0.4]))
+
+
 def test_free_bits_formula_on_handmade_kl():
     kl = torch.tensor([0.1, 0.5, 0.9], requires_grad=True)
     value = FreeBitsELBO(lam=0.5).kl_surrogate(kl)

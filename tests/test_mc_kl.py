@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from pyro_stcn.elbo import AnnealedELBO, FreeBitsELBO, LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import sequence_terms
+from pyro_stcn.heads import join
 from pyro_stcn.guides import LadderGuide
 from pyro_stcn.guides.independent import IndependentGuide
 from pyro_stcn.models import STCN
@@ -59,7 +60,7 @@ class MixturePriorSTCN(STCN):
     def top_down(self, d_prev, sample):
         zs, z_above = [], None
         for layer in reversed(range(self.layers)):
-            loc, scale = self.prior(layer, d_prev[layer], z_above)
+            loc, scale = self.prior.gaussian(layer, join(d_prev[layer], z_above))
             components = dist.Normal(loc.unsqueeze(-2) + self.offsets[layer], scale.unsqueeze(-2)).to_event(1)
             prior = dist.MixtureSameFamily(dist.Categorical(logits=self.mix_logits), components)
             z_above = sample(f"z_{layer + 1}", prior)
@@ -174,7 +175,7 @@ def test_monte_carlo_unit_kl_against_hand_computation(setup):
 
 
 def _linear_free_bits(kl: Tensor, lam: float) -> Tensor:
-    return torch.where(kl >= lam, kl, kl * kl.detach() / lam)
+    return torch.where(kl >= lam, kl, kl * kl.detach().clamp(min=0) / lam)
 
 
 @pytest.mark.parametrize("setup", [_flow_setup, _mixture_setup], ids=["flow-guide", "mixture-prior"])
