@@ -174,6 +174,13 @@ class MSSTCN(nn.Module):
     def total_stride(self) -> int:
         return math.prod(self.config.strides)
 
+    @property
+    def factor_steps(self) -> int:
+        """Given x, the latents of one block of the coarsest layer (Π_l s_l fine steps)
+        share no factor with other blocks: the top-down nets are 1x1 and upsample within
+        a block (pyro_stcn.factors)."""
+        return self.total_stride
+
     def bottom_up_features(self, x: Tensor, mask: Tensor) -> MSFeatures:
         check_batch(x, mask, self.config.x_dim)
         x, mask = pad_to_multiple(zero_padding(x, mask), mask, self.total_stride)

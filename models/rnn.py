@@ -43,6 +43,8 @@ class RNNConfig:
 class RNN(nn.Module):
     """The LSTM baseline; :meth:`model` is the Pyro model."""
 
+    factor_steps = 1  # no latents: every step is its own factor, and the bound is exact (pyro_stcn.factors)
+
     def __init__(self, config: RNNConfig):
         super().__init__()
         self.config = c = config

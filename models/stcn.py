@@ -61,6 +61,9 @@ class STCNConfig:
 class STCN(nn.Module):
     """STCN (``dense=False``) or STCN-dense (``dense=True``); :meth:`model` is the Pyro model."""
 
+    # Given x, z_t meets only d_{t-1}(x), d_t(x) and x_t: each step is its own factor (pyro_stcn.factors).
+    factor_steps = 1
+
     def __init__(self, config: STCNConfig):
         super().__init__()
         self.config = config

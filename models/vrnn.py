@@ -86,6 +86,8 @@ class VRNNFeatures:
 class VRNN(nn.Module):
     """The VRNN's generative networks; :meth:`model` is the Pyro model."""
 
+    factor_steps = None  # z_t feeds the LSTM state: the latents do not factorise over time (pyro_stcn.factors)
+
     def __init__(self, config: VRNNConfig):
         super().__init__()
         self.config = c = config

@@ -54,6 +54,8 @@ class WavenetModel(nn.Module):
     """Wavenet (``dense=False``) or Wavenet-dense (``dense=True``); :meth:`model` is the
     Pyro model."""
 
+    factor_steps = 1  # no latents: every step is its own factor, and the bound is exact (pyro_stcn.factors)
+
     def __init__(self, config: WavenetConfig):
         super().__init__()
         self.config = c = config

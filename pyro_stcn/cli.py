@@ -2,7 +2,7 @@
 
     pyro-stcn train                       # STCN-dense + ladder guide on binarised digits
     pyro-stcn evaluate --run runs/NAME    # test -ELBO and per-layer KL
-    pyro-stcn evaluate --run runs/NAME --iw 1000   # and the importance-weighted bound
+    pyro-stcn evaluate --run runs/NAME --iw 1000   # and the importance-weighted bound, per step
     pyro-stcn sample --run runs/NAME      # a PNG of generated sequences
     pyro-stcn sample --run runs/NAME --prime 20   # continuations of real test sequences
     pyro-stcn reconstruct --run runs/NAME # test sequences beside their reconstructions
@@ -136,11 +136,19 @@ def open_run(args: argparse.Namespace) -> runs.Run:
     return run
 
 
+def iw_meaning(scores: runs.Scores) -> str:
+    """What the -IWAE line's factorisation means, in words."""
+    if scores.iwae_over == "per sequence":
+        return "K draws of all of a sequence's latents at once; ≤ the -ELBO, an upper bound on -log p(x)"
+    return (f"K draws of the latents of each {scores.iwae_over.removeprefix('per ')}, weighted on their own, which "
+            "given x are independent of the others'; ≤ the -ELBO, an upper bound on -log p(x)")  # fmt: skip
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     run = runs.load_run(args.run, pick_device(args.device))
     with tqdm(total=len(getattr(run.data, args.split)), desc=f"IWAE, K = {args.iw}",
               disable=args.no_progress or not args.iw) as bar:  # fmt: skip
-        scores = runs.score(run, args.split, args.iw, args.chunk, args.seed, progress=bar.update)
+        scores = runs.score(run, args.split, args.iw, args.chunk, args.seed, progress=bar.update, iw_over=args.iw_over)
     title = f"{run.config['model']} on {run.config['data']}, {args.split} split"
     lines = evaluate.report_lines(title, scores.neg_elbo, run.config["model"])
     if scores.neg_iwae:
@@ -148,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         lines.insert(
             1,
             f"{title}: -IWAE bound, K = {args.iw}: {bound.per_sequence:.2f} ± {bound.stderr:.2f} nats per sequence, "
-            f"{bound.per_step:.4f} nats per step (≤ the -ELBO: a tighter upper bound on -log p(x))",
+            f"{bound.per_step:.4f} nats per step; importance-weighted {scores.iwae_over} ({iw_meaning(scores)})",
         )
     if run.data.kind == "image":
         lines.append("one sequence is one image: nats per sequence are nats per image")
@@ -293,7 +301,9 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
                    "guide other than ladder)")  # fmt: skip
     t.add_argument("--likelihood", choices=list(LIKELIHOODS), help="default: the one the data call for")
     t.add_argument("--components", type=int, help="gmm, handwriting: mixture components (STCN default 20)")
-    t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo")
+    t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo; iwae: the importance-weighted "
+                   "bound with K draws per step (STCN, STCN-dense)")  # fmt: skip
+    t.add_argument("--iw-samples", type=int, metavar="K", help=f"iwae: draws per step (default {runs.IW_SAMPLES})")
     t.add_argument("--beta-rate", type=float, help="annealed: β rises by this per step (default 1e-4)")
     t.add_argument("--lam", type=float, help="free bits: λ0 in nats per latent unit (default 0.5)")
     t.add_argument("--lam-half-life", type=float, help="free bits: steps to halve λ (default 300000)")
@@ -327,6 +337,10 @@ def add_run_commands(sub) -> list[argparse.ArgumentParser]:
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--iw", type=int, metavar="K", help="also the importance-weighted bound with K samples")
     e.add_argument("--chunk", type=int, default=10, help="--iw: draws per pass (memory grows with it, not with K)")
+    e.add_argument("--iw-over", choices=runs.IW_OVER, default="auto",
+                   help="--iw: K draws of each factor the latents split into given x (factors: per step for STCN, "
+                   "per block of the coarsest layer for MS-STCN), or of whole sequences; auto: factors where the "
+                   "model's latents factorise, else sequences (default)")  # fmt: skip
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)
     s = sub.add_parser("sample", help="generate sequences from a trained run: a PNG (and wav files for speech)")

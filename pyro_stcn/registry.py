@@ -16,6 +16,13 @@ name, so a model of your own is one file and one :func:`register` call::
 after which ``run.py train --model my-model`` (in the same process), ``compare``,
 ``evaluate`` and ``sample`` know it. The built-in families are registered in
 :mod:`pyro_stcn.families`.
+
+A model class provides ``model(x, mask)`` (the Pyro model) and ``generate(num, steps,
+prime)``, and may say what its latents factorise over given x: ``factor_steps``, the
+number of consecutive steps whose latents (in the model and in each of its guides) form
+one factor independent of the others (STCN 1, MS-STCN its total stride), or None where
+they do not factorise (VRNN; the default for a model without it). ``evaluate --iw K``
+and ``--objective iwae`` then weight each factor on its own (:mod:`pyro_stcn.factors`).
 """
 
 import dataclasses

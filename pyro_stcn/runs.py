@@ -18,7 +18,8 @@ registry (:mod:`pyro_stcn.registry`)::
     from pyro_stcn.runs import load_run, score
 
     run = load_run("runs/default")                 # config, model, guide, data
-    print(score(run, "test", iw=100).neg_iwae)     # -IWAE bound on the test split
+    print(score(run, "test", iw=100).neg_iwae)     # -IWAE bound on the test split, per step
+    print(score(run, "test", iw=100, iw_over="sequence").neg_iwae)   # K draws of whole sequences
 """
 
 import dataclasses
@@ -34,9 +35,10 @@ from torch import Tensor, nn
 
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.compare import Contender
-from pyro_stcn.data import DATASETS, FORMATS, OPTIONS, Splits
+from pyro_stcn.data import DATASETS, FORMATS, OPTIONS, Splits, pad_batch
 from pyro_stcn.elbo import LayerwiseELBO, make_objective
 from pyro_stcn.evaluate import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
+from pyro_stcn.factors import factor_label, factor_steps_of
 from pyro_stcn.likelihoods import PRINTED as PRINTED_LIKELIHOODS
 from pyro_stcn.likelihoods import SUITABLE
 from pyro_stcn.normalise import Standardisation
@@ -54,6 +56,7 @@ RUN_DEFAULTS = {
     "lam": 0.5,
     "lam_half_life": 300_000,
 }
+IW_SAMPLES = 5  # --objective iwae: draws of each step's latents
 # Sized for the default run: digits on 2 CPU cores in under 5 minutes.
 DEFAULT_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
 TRAIN_SETTINGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "valid_sequences", "crop", "budget"]
@@ -84,6 +87,12 @@ def new_run_config(settings: dict, data: Splits | None = None) -> tuple[dict, Sp
     train_config = dataclasses.replace(DEFAULT_TRAIN, **given(settings, TRAIN_SETTINGS))
     run_config["train"] = dataclasses.asdict(train_config)
     check_train_config(train_config)
+    iw_samples = settings.get("iw_samples")
+    if run_config["objective"] == "iwae":
+        run_config["iw_samples"] = IW_SAMPLES if iw_samples is None else iw_samples
+        check_objective(run_config, data)
+    elif iw_samples is not None:
+        raise ValueError(f"--iw-samples applies to --objective iwae, not {run_config['objective']}")
     return run_config, data
 
 
@@ -156,7 +165,25 @@ def build(run_config: dict, device: torch.device | str = "cpu") -> tuple[nn.Modu
 
 def objective_for(run_config: dict) -> LayerwiseELBO:
     """The run's objective, its β and λ to be set each step by :func:`schedules_for`."""
+    if run_config["objective"] == "iwae":
+        return make_objective("iwae", samples=run_config.get("iw_samples", IW_SAMPLES))
     return make_objective(run_config["objective"])
+
+
+def check_objective(run_config: dict, data: Splits) -> None:
+    """Refuse at once, with the objective's reason, an objective the model cannot train
+    on (the importance-weighted one for latents that do not factorise, or a model that
+    draws one particle at a time): one evaluation on two training sequences, with the
+    random state left as it was."""
+    with torch.random.fork_rng():
+        model, guide = build(run_config)
+        x, mask = pad_batch(data.train[:2])
+        try:
+            objective_for(run_config).differentiable_loss(model.model, guide, x, mask)
+        except ValueError as e:
+            raise ValueError(f"--objective {run_config['objective']} does not fit --model {run_config['model']}: "
+                             f"{e}") from None  # fmt: skip
+    pyro.clear_param_store()
 
 
 def schedules_for(run_config: dict) -> dict:
@@ -257,27 +284,51 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
 @dataclass
 class Scores:
     """A run's figures on one split: the -ELBO (exact -log p(x) without latents) and,
-    if asked for, the -IWAE bound."""
+    if asked for, the -IWAE bound, importance-weighted ``iwae_over`` ("per step", "per
+    block of 8 steps" or "per sequence")."""
 
     neg_elbo: ElboReport
     neg_iwae: BoundReport | None = None
+    iwae_over: str | None = None
+
+
+IW_OVER = ("auto", "factors", "sequence")
+
+
+def bound_factor_steps(model: nn.Module, iw_over: str) -> int | None:
+    """The ``factor_steps`` of the IWAE bound: the model's own (``"factors"``; refused
+    where its latents do not factorise), None for whole sequences (``"sequence"``), or
+    the model's own where it has them, else None (``"auto"``)."""
+    if iw_over not in IW_OVER:
+        raise ValueError(f"unknown --iw-over {iw_over!r}; valid: {', '.join(IW_OVER)}")
+    steps = factor_steps_of(model) if iw_over != "sequence" else None
+    if iw_over == "factors" and steps is None:
+        raise ValueError(
+            f"--iw-over factors: the latents of a {type(model).__name__} do not factorise over time given x (its "
+            "factor_steps is None), so only the sequence-level bound is valid; use --iw-over sequence"
+        )
+    return steps
 
 
 def score(run: Run, split: str = "test", iw: int | None = None, chunk: int = 10, seed: int = 0,
-          progress=None) -> Scores:  # fmt: skip
+          progress=None, iw_over: str = "auto") -> Scores:  # fmt: skip
     """-ELBO and the KL of each layer on ``split``, and with ``iw`` K the -IWAE bound
-    from K draws (``chunk`` at a time); ``progress`` is called with sequences done."""
+    from K draws (``chunk`` at a time) of each factor the model's latents split into
+    (``iw_over="auto"``: per step for STCN, per sequence for the VRNN; ``"factors"``
+    insists on it, ``"sequence"`` draws whole sequences); ``progress`` is called with
+    sequences done."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; valid: train, valid, test")
     if iw is not None and (iw < 1 or chunk < 1):
         raise ValueError(f"--iw and --chunk must be positive numbers of draws, got {iw} and {chunk}")
+    factor_steps = bound_factor_steps(run.model, iw_over)
     sequences = getattr(run.data, split)
     neg_elbo = evaluate_elbo(run.model.model, run.guide, sequences, device=run.device, seed=seed)
     if not iw:
         return Scores(neg_elbo)
     bound = evaluate_iwae(run.model.model, run.guide, sequences, iw, chunk, device=run.device, seed=seed,
-                          progress=progress)  # fmt: skip
-    return Scores(neg_elbo, bound)
+                          progress=progress, factor_steps=factor_steps)  # fmt: skip
+    return Scores(neg_elbo, bound, factor_label(factor_steps))
 
 
 def plot_count(data: Splits, num: int) -> int:

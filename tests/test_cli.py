@@ -48,6 +48,12 @@ def test_evaluate_iwae_prints_a_tighter_bound(trained, capsys):
     elbo = float(out.split("-ELBO = ")[1].split(" ")[0])
     iwae = float(out.split("-IWAE bound, K = 8: ")[1].split(" ")[0])
     assert iwae < elbo and "nats per image" in out
+    assert "importance-weighted per step (K draws of the latents of each step" in out
+    run.main(["evaluate", "--run", str(trained), "--iw", "8", "--iw-over", "sequence", "--no-progress", "--device",
+              "cpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    sequence = float(out.split("-IWAE bound, K = 8: ")[1].split(" ")[0])
+    assert sequence < elbo and "importance-weighted per sequence (K draws of all of a sequence's latents" in out
     with pytest.raises(SystemExit, match="--iw and --chunk must be positive numbers of draws, got 0 and 10"):
         run.main(["evaluate", "--run", str(trained), "--iw", "0", "--device", "cpu"])
 
@@ -244,6 +250,10 @@ def test_baselines_train_evaluate_and_sample_from_the_command_line(model, sizes,
     printed = capsys.readouterr().out
     if model == "vrnn":  # one KL for all the per-step sites
         assert "| model | z | total |" in printed and f"| {model} | " in printed
+        run.main(["evaluate", "--run", str(out), "--iw", "4", "--no-progress", "--device", "cpu"])
+        assert "-IWAE bound, K = 4: " in capsys.readouterr().out.split("importance-weighted per sequence (")[0]
+        with pytest.raises(SystemExit, match="--iw-over factors: the latents of a VRNN do not factorise"):
+            run.main(["evaluate", "--run", str(out), "--iw", "4", "--iw-over", "factors", "--device", "cpu"])
     else:
         assert "no latent variables: this -ELBO is the exact negative log-likelihood" in printed
     run.main(["sample", "--run", str(out), "--num", "4", "--prime", "10", "--device", "cpu"])

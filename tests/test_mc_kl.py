@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from pyro_stcn.elbo import AnnealedELBO, FreeBitsELBO, LayerwiseELBO, LinearFreeBitsELBO, unit_kl
 from pyro_stcn.evaluate import sequence_terms
-from pyro_stcn.heads import join
 from pyro_stcn.guides import LadderGuide
 from pyro_stcn.guides.independent import IndependentGuide
+from pyro_stcn.heads import join
 from pyro_stcn.models import STCN
 from tests.conftest import ragged_batch, tiny_config
 
