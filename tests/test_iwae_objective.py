@@ -14,6 +14,7 @@ from torch.distributions import Normal
 
 from pyro_stcn import cli as run
 from pyro_stcn.elbo import ImportanceWeightedELBO, make_objective
+from pyro_stcn.heads import join
 from pyro_stcn.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_baselines import tiny
@@ -37,7 +38,7 @@ def _independent_log_weights(model, guide, x, mask, drawn: dict) -> torch.Tensor
         loc_q, scale_q = guide.posterior(layer, feats, z_above)
         eps = ((drawn[f"z_{layer + 1}"] - loc_q) / scale_q).detach()
         z = loc_q + scale_q * eps
-        loc_p, scale_p = model.prior(layer, feats.d_prev[layer], z_above)
+        loc_p, scale_p = model.prior.gaussian(layer, join(feats.d_prev[layer], z_above))
         log_w = log_w + Normal(loc_p, scale_p).log_prob(z).sum(-1) - Normal(loc_q, scale_q).log_prob(z).sum(-1)
         zs.insert(0, z)
         z_above = z
