@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pyro_stcn import evaluate, runs
+from pyro_stcn import distributed, evaluate, runs
 from pyro_stcn.benchmark import time_generation
 from pyro_stcn.compare import compare, write_comparison
 from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch
@@ -68,7 +68,7 @@ def settings_of(args: argparse.Namespace, quiet: bool = False) -> dict:
 
 
 # Only these may be given with --resume; the run's own config.json holds the rest.
-RESUME_FLAGS = {"resume", "steps", "device", "no_progress", "func", "command"}
+RESUME_FLAGS = {"resume", "steps", "device", "no_progress", "tensorboard", "func", "command"}
 
 
 def resumed(args: argparse.Namespace, device: torch.device) -> tuple:
@@ -76,29 +76,43 @@ def resumed(args: argparse.Namespace, device: torch.device) -> tuple:
     changed = sorted(k for k, v in vars(args).items() if k not in RESUME_FLAGS and v is not None and v is not False)
     if changed:
         raise ValueError(
-            f"--resume continues {args.resume} with its own config.json; only --steps, --device "
-            f"and --no-progress may be given with it, not {', '.join(runs.flag(k) for k in changed)}"
+            f"--resume continues {args.resume} with its own config.json; only --steps, --device, "
+            f"--no-progress and --tensorboard may be given with it, not {', '.join(runs.flag(k) for k in changed)}"
         )
     run_config, model, guide = runs.resume_run(args.resume, args.steps, device)
     return run_config, model, guide, runs.load_data(run_config), Path(args.resume)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    device = pick_device(args.device)
+    """Train a run; under torchrun, one rank of it (:mod:`pyro_stcn.distributed`):
+    rank 0 alone prints, evaluates and plots, the others leave after training."""
+    device = distributed.start(pick_device(args.device))
+    try:
+        train_and_report(args, device, distributed.is_main())
+    finally:
+        distributed.finish()
+
+
+def train_and_report(args: argparse.Namespace, device: torch.device, main: bool) -> None:
     if args.resume:
         run_config, model, guide, data, run_dir = resumed(args, device)
     else:
-        run_config, data = runs.new_run_config(settings_of(args))
+        run_config, data = runs.new_run_config(settings_of(args, quiet=not main))
         name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(args.out or f"runs/{name}")
+        run_dir = Path(args.out or f"runs/{distributed.from_main(name)}")  # the ranks' clocks differ
         model, guide = runs.start_run(run_config, run_dir, device)
     prior = f" and the {run_config['net']['prior']} prior" if "prior" in run_config["net"] else ""
-    print(
-        f"training {run_config['model']} ({runs.parameter_count(model, guide):,} parameters) with the "
-        f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
-        f"{run_config['objective']} on {device}; run directory {run_dir}"
-    )
-    result = runs.train_run(run_config, model, guide, data, run_dir, device, progress=not args.no_progress)
+    processes = f" ({distributed.size()} processes)" if distributed.active() else ""
+    if main:
+        print(
+            f"training {run_config['model']} ({runs.parameter_count(model, guide):,} parameters) with the "
+            f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
+            f"{run_config['objective']} on {device}{processes}; run directory {run_dir}"
+        )
+    result = runs.train_run(run_config, model, guide, data, run_dir, device, progress=not args.no_progress,
+                            tensorboard=args.tensorboard)  # fmt: skip
+    if not main:
+        return
     stop = "early stop" if result.stopped_early else "time budget" if result.out_of_time else "step budget"
     print(
         f"trained {result.last_step} steps in {result.seconds:.0f} s ({stop}); best validation "
@@ -329,6 +343,8 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", help="run directory (default runs/MODEL-GUIDE-TIME)")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to the run directory "
+                   "(needs the tensorboard package)")  # fmt: skip
 
 
 def add_run_commands(sub) -> list[argparse.ArgumentParser]:

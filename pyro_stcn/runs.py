@@ -33,6 +33,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
+from pyro_stcn import distributed
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.compare import Contender
 from pyro_stcn.data import DATASETS, FORMATS, OPTIONS, Splits, pad_batch
@@ -208,8 +209,9 @@ def start_run(run_config: dict, run_dir: str | Path, device: torch.device | str 
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
     pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
     model, guide = build(run_config, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
+    if distributed.is_main():  # under torchrun, rank 0 alone writes
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
     return model, guide
 
 
@@ -225,7 +227,9 @@ def resume_run(run_dir: str | Path, steps: int | None = None, device: torch.devi
         raise ValueError(f"{config_path} is not valid JSON ({e}); it cannot be resumed") from None
     if steps:  # train a finished run for longer
         run_config["train"]["steps"] = steps
-        config_path.write_text(json.dumps(run_config, indent=2))
+        if distributed.is_main():  # atomically: the other ranks may be reading it
+            config_path.with_name("config.json.tmp").write_text(json.dumps(run_config, indent=2))
+            config_path.with_name("config.json.tmp").replace(config_path)
     pyro.set_rng_seed(run_config["train"]["seed"])
     return (run_config, *build(run_config, device))
 
@@ -238,14 +242,15 @@ def train_run(
     run_dir: str | Path,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train a run's model and guide (:func:`start_run` or :func:`resume_run`) in
     ``run_dir``; it resumes from ``last.pt`` if there is one, and leaves the best
-    validation weights in the modules."""
+    validation weights in the modules. ``tensorboard``: also TensorBoard events."""
     return train(
         model.model, guide, {"model": model, "guide": guide}, objective_for(run_config), data,
         TrainConfig(**run_config["train"]), run_dir, schedules=schedules_for(run_config), device=device,
-        run_config=run_config, progress=progress,
+        run_config=run_config, progress=progress, tensorboard=tensorboard,
     )  # fmt: skip
 
 
