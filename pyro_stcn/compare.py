@@ -8,7 +8,10 @@ interrupted comparison resumes where it stopped), restores its best validation
 checkpoint, and scores it on the test split:
 
 - models with latent variables: the -ELBO and the -IWAE bound with K draws
-  (``pyro_stcn.evaluate``), both upper bounds on -log p(x);
+  (``pyro_stcn.evaluate``), both upper bounds on -log p(x); the bound is
+  importance-weighted per factor where the model's latents factorise over time (per
+  step for STCN, per block of the coarsest layer for MS-STCN: ``pyro_stcn.factors``),
+  per sequence otherwise (the VRNN);
 - models without (Wavenet, Wavenet-dense, RNN): the exact -log p(x), which is their
   -ELBO, since the KL term is empty.
 
@@ -33,6 +36,7 @@ from tqdm.auto import tqdm
 from pyro_stcn.data.batching import Splits
 from pyro_stcn.elbo import LayerwiseELBO
 from pyro_stcn.evaluate import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
+from pyro_stcn.factors import factor_label, factor_steps_of
 from pyro_stcn.plots import plot_validation_curves, read_log
 from pyro_stcn.train import TrainConfig, train
 
@@ -65,6 +69,7 @@ class Score:
     stopped_early: bool  # by the patience rule, before the budget ran out
     neg_elbo: ElboReport  # the exact -log p(x) when there are no latents
     neg_iwae: BoundReport | None  # None without latents
+    iwae_over: str  # what the bound is importance-weighted over: "per step", "per sequence", ...
     curve: tuple[list[float], list[float]]  # validation: seconds, -ELBO
 
     @property
@@ -96,15 +101,15 @@ def compare(
         )  # fmt: skip
         c.network.eval(), c.guide.eval()
         neg_elbo = evaluate_elbo(c.network.model, c.guide, data.test, device=device)
-        neg_iwae = None
+        neg_iwae, factor_steps = None, factor_steps_of(c.network)
         if neg_elbo.kl_per_sequence:
             with tqdm(total=len(data.test), desc=f"IWAE, K = {iw_samples}", disable=not progress) as bar:
                 neg_iwae = evaluate_iwae(c.network.model, c.guide, data.test, iw_samples, device=device,
-                                         progress=bar.update)  # fmt: skip
+                                         progress=bar.update, factor_steps=factor_steps)  # fmt: skip
         log = read_log(c.run_dir / "log.csv")
         curve = (log["valid_seconds"], log["valid_loss"])
         score = Score(c.model, c.likelihood, size, result.last_step, result.seconds, result.best_step,
-                      result.stopped_early, neg_elbo, neg_iwae, curve)  # fmt: skip
+                      result.stopped_early, neg_elbo, neg_iwae, factor_label(factor_steps), curve)  # fmt: skip
         tqdm.write(f"  {cell(score)} nats per sequence after {score.steps} steps in {score.seconds:.0f} s")
         scores.append(score)
     return scores
@@ -131,7 +136,8 @@ def comparison_table(scores: list[Score], title: str, iw_samples: int, names: di
         f"{title}: test split, {first.sequences} sequences ({first.steps} steps). "
         "-log p(x) in nats per sequence (summed over time and dimensions, averaged over sequences), lower is better, "
         "± one standard error over sequences. Without latent variables it is exact; with them, ≤ marks the "
-        f"importance-weighted upper bound with K = {iw_samples} draws, and the -ELBO is in brackets.",
+        f"importance-weighted upper bound with K = {iw_samples} draws (per step, per block or per sequence, as the "
+        "model's latents factorise over time: the last column below), and the -ELBO is in brackets.",
         "",
         "| model | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",
@@ -141,14 +147,15 @@ def comparison_table(scores: list[Score], title: str, iw_samples: int, names: di
         lines.append(f"| {names.get(m, m)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| model | likelihood | parameters | steps | training time (s) | stopped by | best validation at step |",
-        "|---|---|---|---|---|---|---|",
+        "| model | likelihood | parameters | steps | training time (s) | stopped by | best validation at step "
+        "| bound importance-weighted |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in scores:
         stop = "early stopping" if s.stopped_early else "time budget"
         lines.append(
             f"| {names.get(s.model, s.model)} | {s.likelihood} | {s.parameters:,} | {s.steps} | {s.seconds:.0f} | "
-            f"{stop} | {s.best_step} |"
+            f"{stop} | {s.best_step} | {s.iwae_over if s.neg_iwae else 'exact'} |"
         )
     return "\n".join(lines)
 

@@ -258,3 +258,24 @@ def test_baselines_train_evaluate_and_sample_from_the_command_line(model, sizes,
         assert "no latent variables: this -ELBO is the exact negative log-likelihood" in printed
     run.main(["sample", "--run", str(out), "--num", "4", "--prime", "10", "--device", "cpu"])
     assert (out / "samples-prime10.png").stat().st_size > 0
+
+
+def test_binary_sequences_that_are_not_images_are_not_drawn_or_reported_as_images(tmp_path, capsys, monkeypatch):
+    """0/1 sequences of 16 steps of one value (once drawn as 4x4 images) in an npz: Bernoulli,
+    but plain sequences: no "nats per image", no pixel statistics, no image grid."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rolls.npz", data=(rng.random((40 * 16, 1)) < 0.3).astype(np.float32), lengths=[16] * 40)
+    out = tmp_path / "run"
+    run.main(["train", "--data", "npz", "--data-dir", str(tmp_path / "rolls.npz"), *TOY, "--batch-size", "8",
+              "--out", str(out), "--no-progress"])  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["net"]["likelihood"] == "bernoulli"
+    grids = []
+    monkeypatch.setattr("pyro_stcn.plots.plot_image_grids", lambda *a, **k: grids.append(a))
+    capsys.readouterr()
+    run.main(["evaluate", "--run", str(out), "--device", "cpu"])
+    run.main(["sample", "--run", str(out), "--num", "4", "--device", "cpu"])
+    run.main(["ppc", "--run", str(out), "--num", "8", "--replicates", "3", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "nats per image" not in printed and "pixel density" not in printed and "| mean | " in printed
+    assert grids == [] and (out / "samples.png").stat().st_size > 0

@@ -9,6 +9,7 @@ import torch
 from pyro_stcn import cli as run
 from pyro_stcn import runs
 from pyro_stcn.evaluate import evaluate_elbo, evaluate_iwae
+from pyro_stcn.factors import factor_steps_of
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,8 @@ def test_one_row_per_requested_model(compared):
     assert (out / "validation.png").stat().st_size > 0
     details = [line for line in (out / "comparison.md").read_text().splitlines() if " | Bernoulli | " in line]
     assert len(details) == 3 and all("| time budget |" in line for line in details)
+    over = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in details}
+    assert over == {"Wavenet": "exact", "VRNN": "per sequence", "STCN": "per step"}  # as each model factorises
 
 
 def test_every_figure_is_computed_on_the_test_split(compared):
@@ -57,7 +60,7 @@ def test_every_figure_is_computed_on_the_test_split(compared):
             assert score["neg_iwae"] is None and elbo.kl_per_sequence == {}
             assert f"{elbo.per_sequence:.2f} ± {elbo.stderr:.2f}" in table
         else:
-            iwae = evaluate_iwae(model.model, guide, test, samples=3, seed=0)
+            iwae = evaluate_iwae(model.model, guide, test, samples=3, seed=0, factor_steps=factor_steps_of(model))
             assert math.isclose(score["neg_iwae"]["per_sequence"], iwae.per_sequence, rel_tol=1e-6)
             assert f"≤ {iwae.per_sequence:.2f}" in table
         # each stopped on its time budget of 0.02 minutes, after a last validation

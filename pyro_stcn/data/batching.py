@@ -52,11 +52,6 @@ class Splits:
             raise ValueError(f"unknown data kind {self.kind!r}; valid: {', '.join(KINDS)}")
 
     @property
-    def unit(self) -> str:
-        """What one sequence is, for reports: "nats per image" and so on."""
-        return {"image": "image", "strokes": "trajectory", "audio": "segment"}.get(self.kind, "sequence")
-
-    @property
     def x_dim(self) -> int:
         return self.train[0].shape[-1]
 

@@ -42,6 +42,8 @@ def load_npz_sequences(path: str | Path) -> list[Tensor]:
 
 def load_npz_splits(directory: str | Path, seed: int = 0) -> Splits:
     """The sequences of the npz file ``directory`` (named so for ``--data-dir``; layout
-    above) split 80/10/10 (seeded), for a Gaussian likelihood."""
+    above) split 80/10/10 (seeded): binary values (piano rolls, say) for a Bernoulli
+    likelihood, others for a Gaussian. Either way they are plain sequences, not images."""
     sequences = load_npz_sequences(directory)
-    return split_held_out(sequences, "gaussian", "sequence", seed)
+    binary = all(bool(((s == 0) | (s == 1)).all()) for s in sequences)
+    return split_held_out(sequences, "bernoulli" if binary else "gaussian", "sequence", seed)
