@@ -180,51 +180,49 @@ def plot_strokes(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -
     plt.close(fig)
 
 
-def plot_heatmaps(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -> None:
-    """``[n, steps, x_dim]`` sequences as images of dimension (rows) against time
-    (columns), as piano rolls are drawn; a vertical line ends the given steps."""
+def _one_row_each(panels: dict[str, Tensor], path: str | Path, primed: int, xlabel: str, draw) -> None:
+    """One row per sequence of every panel, labelled "title i"; ``draw(ax, seq, given,
+    title)`` draws a sequence whose first ``given`` steps were given."""
     rows = sum(len(v) for v in panels.values())
     fig, axes = plt.subplots(rows, 1, figsize=(8, 0.9 * rows + 0.5), sharex=True, squeeze=False)
     row = 0
     for title, seqs in panels.items():
-        given = _given(title, primed)
         for i, seq in enumerate(seqs.cpu()):
-            ax = axes[row][0]
-            ax.imshow(seq.T.float().numpy(), aspect="auto", interpolation="nearest", cmap="Greys", origin="lower")
-            if given:
-                ax.axvline(given - 0.5, color=GENERATED, lw=1)
-            ax.set_yticks([])
-            ax.set_ylabel(f"{title} {i}", rotation=0, ha="right", fontsize=7)
+            draw(axes[row][0], seq, _given(title, primed), title)
+            axes[row][0].set_yticks([])
+            axes[row][0].set_ylabel(f"{title} {i}", rotation=0, ha="right", fontsize=7)
             row += 1
-    axes[-1][0].set_xlabel("step")
+    axes[-1][0].set_xlabel(xlabel)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_heatmaps(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -> None:
+    """``[n, steps, x_dim]`` sequences as images of dimension (rows) against time
+    (columns), as piano rolls are drawn; a vertical line ends the given steps."""
+
+    def draw(ax, seq: Tensor, given: int, title: str) -> None:
+        ax.imshow(seq.T.float().numpy(), aspect="auto", interpolation="nearest", cmap="Greys", origin="lower")
+        if given:
+            ax.axvline(given - 0.5, color=GENERATED, lw=1)
+
+    _one_row_each(panels, path, primed, "step", draw)
 
 
 def plot_waveforms(panels: dict[str, Tensor], path: str | Path, primed: int = 0) -> None:
     """``[n, steps, frame]`` audio as signals: frames of consecutive samples joined
     into one waveform."""
-    rows = sum(len(v) for v in panels.values())
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 0.9 * rows + 0.5), sharex=True, squeeze=False)
-    row = 0
-    for title, seqs in panels.items():
-        given = _given(title, primed)
-        for i, seq in enumerate(seqs.cpu()):
-            ax, fw = axes[row][0], seq.shape[-1]
-            wave = seq.flatten()  # frames of consecutive samples, end to end
-            at = torch.arange(len(wave))
-            if given:
-                ax.plot(at[: given * fw], wave[: given * fw], lw=0.5, color=PRIMED)
-            colour = GENERATED if given or title.startswith("gen") else "tab:gray"
-            ax.plot(at[given * fw :], wave[given * fw :], lw=0.5, color=colour)
-            ax.set_yticks([])
-            ax.set_ylabel(f"{title} {i}", rotation=0, ha="right", fontsize=7)
-            row += 1
-    axes[-1][0].set_xlabel("sample")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    def draw(ax, seq: Tensor, given: int, title: str) -> None:
+        fw, wave = seq.shape[-1], seq.flatten()  # frames of consecutive samples, end to end
+        at = torch.arange(len(wave))
+        if given:
+            ax.plot(at[: given * fw], wave[: given * fw], lw=0.5, color=PRIMED)
+        colour = GENERATED if given or title.startswith("gen") else "tab:gray"
+        ax.plot(at[given * fw :], wave[given * fw :], lw=0.5, color=colour)
+
+    _one_row_each(panels, path, primed, "sample", draw)
 
 
 def plot_ppc(rows: list, path: str | Path) -> None:

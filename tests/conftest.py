@@ -1,6 +1,10 @@
+import warnings
+
 import pyro
 import pytest
 import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
 
 from pyro_stcn.models import STCNConfig
 
@@ -27,3 +31,16 @@ def ragged_batch(lengths=(12, 7, 3), x_dim=2, seed=0) -> tuple[torch.Tensor, tor
     x = torch.randn(len(lengths), max(lengths), x_dim, generator=g)
     mask = torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(1)
     return x * mask.unsqueeze(-1), mask
+
+
+def traced(model, guide, x: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """(guide trace, model trace replayed against it, mean-field loss), log densities
+    computed, with every warning an error (e.g. Pyro's mean-field ordering warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guide_trace = poutine.trace(guide).get_trace(x, mask)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
+    return guide_trace, model_trace, loss

@@ -13,7 +13,7 @@ from torch.distributions import kl_divergence
 
 from pyro_stcn.guides import IAFGuide, MultiscaleIAFGuide
 from pyro_stcn.registry import family_of, make_guide, make_model
-from tests.conftest import ragged_batch, tiny_config
+from tests.conftest import ragged_batch, tiny_config, traced
 from tests.test_causality import _grad_by_step
 from tests.test_ms_stcn import tiny_ms
 
@@ -135,13 +135,7 @@ def test_stcn_site_shapes(model_name):
     model = make_model(model_name, tiny_config())
     guide = make_guide("iaf", model)
     x, mask = ragged_batch((12, 7, 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # e.g. Pyro's mean-field ordering warning
-        guide_trace = poutine.trace(guide).get_trace(x, mask)
-        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
+    guide_trace, model_trace, loss = traced(model, guide, x, mask)
     assert torch.isfinite(torch.tensor(loss))
     _assert_sites_match(guide_trace, model_trace, ["z_3", "z_2", "z_1"], [mask] * 3)
     assert [guide_trace.nodes[f"z_{l}"]["value"].shape[-1] for l in (1, 2, 3)] == [4, 3, 2]
@@ -151,13 +145,7 @@ def test_ms_stcn_site_shapes():
     model = _ms_model()
     guide = make_guide("iaf", model)
     x, mask = ragged_batch((13, 6, 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        guide_trace = poutine.trace(guide).get_trace(x, mask)
-        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
+    guide_trace, model_trace, loss = traced(model, guide, x, mask)
     assert torch.isfinite(torch.tensor(loss))
     lengths = torch.tensor([13, 6, 3]).unsqueeze(1)
     masks = [torch.arange(16 // c) < -(-lengths // c) for c in (1, 2, 4)]  # T padded to 16

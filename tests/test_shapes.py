@@ -1,18 +1,15 @@
 """Site shapes under validation, for a batch of different lengths, and masking:
 padded steps change neither the loss nor its gradient."""
 
-import warnings
-
 import pyro
 import pytest
 import torch
-from pyro import poutine
 from pyro.infer import Predictive, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from pyro_stcn.elbo import LinearFreeBitsELBO
 from pyro_stcn.registry import make_guide, make_model
-from tests.conftest import ragged_batch, tiny_config
+from tests.conftest import ragged_batch, tiny_config, traced
 
 LENGTHS = (12, 7, 3)
 
@@ -28,13 +25,7 @@ def test_site_shapes(model_name, guide_name, likelihood, x_dim):
         x[..., 2] = (x[..., 2] > 0).float()
     if likelihood == "bernoulli":
         x = (x > 0).float()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # e.g. Pyro's mean-field ordering warning
-        guide_trace = poutine.trace(guide).get_trace(x, mask)
-        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
+    guide_trace, model_trace, loss = traced(model, guide, x, mask)
     assert torch.isfinite(torch.tensor(loss))
     latents = [
         n
