@@ -72,6 +72,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -414,11 +415,13 @@ class _Run:
         if distributed.active():
             torch.manual_seed(distributed.noise_seed(self.config.seed, state.step))
         x, mask = (t.to(self.device) for t in distributed.shard(batch))
-        loss = self.loss(x, mask)
-        if TEST_HOOKS.at("nan", state.step + 1):
-            loss = loss * math.nan
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # in DDP: the gradients all-reduced to their mean over ranks
+        with warnings.catch_warnings():  # Pyro's "Encountered NaN": the guard below counts such steps
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            loss = self.loss(x, mask)
+            if TEST_HOOKS.at("nan", state.step + 1):
+                loss = loss * math.nan
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # in DDP: the gradients all-reduced to their mean over ranks
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
         TEST_HOOKS.during_step(state.step + 1)
         kl = self.objective.kl
