@@ -123,6 +123,8 @@ def train_and_report(args: argparse.Namespace, device: torch.device, main: bool)
     if args.checkpoint_every is not None and not 0 < args.checkpoint_every < math.inf:
         raise ValueError(f"--checkpoint-every: expected a positive number of minutes, got {args.checkpoint_every:g}")
     if args.resume:
+        if not Path(args.resume).is_dir():
+            raise FileNotFoundError(f"--resume {args.resume}: no such directory; expected a run directory")
         with hold(args.resume):
             train_and_report_locked(args, device, main, *resumed(args, device))
         return

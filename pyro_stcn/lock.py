@@ -23,15 +23,18 @@ class RunInUse(ValueError):
 
 
 class RunLock:
-    """The lock of ``run_dir`` (created if need be), held from :meth:`acquire` to
-    :meth:`release`; a context manager."""
+    """The lock of ``run_dir`` (created if need be, and removed again on release if
+    nothing was written there), held from :meth:`acquire` to :meth:`release`; a
+    context manager."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         self.path = self.dir / LOCK_NAME
         self.fd: int | None = None
+        self.created = False
 
     def acquire(self) -> "RunLock":
+        self.created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -63,6 +66,8 @@ class RunLock:
         self.path.unlink(missing_ok=True)  # while locked: no one can have taken it
         os.close(self.fd)  # releases the flock
         self.fd = None
+        if self.created and not any(self.dir.iterdir()):  # a run that failed to start leaves no trace
+            self.dir.rmdir()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

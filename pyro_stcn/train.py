@@ -295,7 +295,7 @@ def train(
                 due = checkpoint_every is not None and time.monotonic() - saved_at >= checkpoint_every
                 if "valid_loss" in row or state.step == 1 or stop or due:
                     log.flush()  # before last.pt: a resumed run drops the rows after its step, never lacks one
-                    run.checkpoint("last.pt", state, clock)
+                    run.checkpoint("last.pt", state, None if "valid_loss" in row else clock)  # validate timed it
                     saved_at = time.monotonic()
                 if board:
                     board.step(row)

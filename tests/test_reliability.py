@@ -330,8 +330,8 @@ def test_bad_training_flags_are_named_before_anything_is_written(flags, message,
 def test_an_out_that_cannot_be_a_directory_is_named(tmp_path, capsys):
     file = tmp_path / "file"
     file.write_text("")
-    for out, message in [(file, f"--out {file} is a file; expected a directory"),
-                         (file / "sub", f"--out {file / 'sub'}: {file} is a file, so nothing can be written under it")]:  # fmt: skip
+    under = f"--out {file / 'sub'}: {file} is a file, so nothing can be written under it"
+    for out, message in [(file, f"--out {file} is a file; expected a directory"), (file / "sub", under)]:
         with pytest.raises(SystemExit) as e:
             run.main(["train", *TOY, "--out", str(out)])
         assert e.value.code == 2 and one_line(capsys.readouterr().err).startswith(f"error: {message}")
