@@ -21,8 +21,8 @@ def check_finite(values: np.ndarray, where: str | Path) -> np.ndarray:
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise DataError(
-            f"{where}: {float(values[index]):g} at index {index} ({int(bad.sum())} such values) is NaN, inf or beyond "
-            f"float32's range (±{np.finfo(np.float32).max:.3g}); data must be finite in float32, the models' dtype"
+            f"{where}: NaN or inf at index {index} as float32, the models' dtype ({float(values[index]):g} there; "
+            f"{int(bad.sum())} such values; float32 reaches ±{np.finfo(np.float32).max:.3g}); data must be finite"
         )
     return values
 
