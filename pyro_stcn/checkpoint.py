@@ -6,21 +6,31 @@ unpickling arbitrary objects.
 """
 
 import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
+def save_checkpoint(state: dict, path: str | Path, before_replace: Callable[[Path], None] | None = None) -> None:
     """Write ``state`` to ``path`` so that a crash leaves the old file or the new one,
-    never half of one: write a temporary file beside it, sync, rename, sync the folder."""
+    never half of one: write a temporary file beside it, sync, rename, sync the folder.
+    A failed write (a full disk) removes its temporary file. ``before_replace`` is
+    called with the temporary file once it is complete (tests kill the process there)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -29,11 +39,22 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
+    """Read a checkpoint written by :func:`save_checkpoint`; anything else (a file of
+    other pickled objects, which could run code when loaded, or a damaged one) is
+    refused in one line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's text goes on to suggest weights_only=False: never for a file one did not write
+        found = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "objects")
+        raise ValueError(
+            f"{path} is not a pyro-stcn checkpoint: it holds Python objects other than tensors and plain data "
+            f"({found}), which are not loaded; expected a file written by pyro-stcn train"
+        ) from None
     except Exception as e:
-        raise ValueError(f"{path} is not a readable pyro-stcn checkpoint: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable pyro-stcn checkpoint ({first}); expected a file written by "
+                         "pyro-stcn train") from None  # fmt: skip

@@ -14,12 +14,17 @@
 
 This module parses arguments and prints; what it runs is the library: runs
 (:mod:`pyro_stcn.runs`), the model registry (:mod:`pyro_stcn.registry`), training,
-evaluation, generation and plots. Library errors (``ValueError``,
-``FileNotFoundError``) become one ``error: ...`` line here.
+evaluation, generation and plots. Every failure is one ``error: ...`` line on stderr
+and an exit code (:func:`main`): 2 for usage errors (a flag, file or field that cannot
+be used: ``ValueError``, ``FileNotFoundError``, a run directory in use), 1 for a run
+that failed (diverged, or a disk that would not take a write), 128 + N for a run
+stopped by signal N (SIGTERM 143, Ctrl-C 130) after saving where to resume from.
 """
 
 import argparse
 import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,12 +40,14 @@ from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch
 from pyro_stcn.data.wav import write_wav
 from pyro_stcn.elbo import OBJECTIVES
 from pyro_stcn.likelihoods import LIKELIHOODS
+from pyro_stcn.lock import hold
 from pyro_stcn.models import MS_STCN_LAYOUTS, PRIORS, STCNConfig
 from pyro_stcn.plots import plot_kl_bars, plot_layer_kl, plot_losses, plot_ppc, plot_sequences, read_log
 from pyro_stcn.predictive import check_table, one_step_ahead, posterior_predictive_check
 from pyro_stcn.presets import PRESETS, apply_preset, as_flags
 from pyro_stcn.reference import independent_bernoulli_nll
 from pyro_stcn.registry import family_of, guide_names, make_model, model_names, printed_name
+from pyro_stcn.train import Diverged, Interrupted
 
 
 def pick_device(name: str) -> torch.device:
@@ -68,7 +75,7 @@ def settings_of(args: argparse.Namespace, quiet: bool = False) -> dict:
 
 
 # Only these may be given with --resume; the run's own config.json holds the rest.
-RESUME_FLAGS = {"resume", "steps", "device", "no_progress", "tensorboard", "func", "command"}
+RESUME_FLAGS = {"resume", "steps", "device", "no_progress", "tensorboard", "checkpoint_every", "func", "command"}
 
 
 def resumed(args: argparse.Namespace, device: torch.device) -> tuple:
@@ -76,11 +83,29 @@ def resumed(args: argparse.Namespace, device: torch.device) -> tuple:
     changed = sorted(k for k, v in vars(args).items() if k not in RESUME_FLAGS and v is not None and v is not False)
     if changed:
         raise ValueError(
-            f"--resume continues {args.resume} with its own config.json; only --steps, --device, "
-            f"--no-progress and --tensorboard may be given with it, not {', '.join(runs.flag(k) for k in changed)}"
+            f"--resume continues {args.resume} with its own config.json; only --steps, --device, --no-progress, "
+            f"--tensorboard and --checkpoint-every may be given with it, not {', '.join(runs.flag(k) for k in changed)}"
         )
     run_config, model, guide = runs.resume_run(args.resume, args.steps, device)
+    if distributed.is_main() and not (Path(args.resume) / "last.pt").exists():
+        print(f"{args.resume} has no last.pt (it stopped before its first step ended): training it from step 0")
     return run_config, model, guide, runs.load_data(run_config), Path(args.resume)
+
+
+def writable(path: Path, flag: str, directory: bool) -> None:
+    """Refuse, before anything is written, a path the command could not write: one
+    that exists as the other kind (file or directory), lies under a file, or under a
+    directory this process may not write to."""
+    kind = "a directory" if directory else "a file path"
+    if path.exists() and path.is_dir() != directory:
+        raise ValueError(f"{flag} {path} is {'a file' if directory else 'a directory'}; expected {kind}")
+    parent = path if directory else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, so nothing can be written under it; expected {kind}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not writable by this user; expected {kind} that can be written")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -94,13 +119,26 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def train_and_report(args: argparse.Namespace, device: torch.device, main: bool) -> None:
+    """Check every setting, then (holding the run directory's lock) train and report."""
+    if args.checkpoint_every is not None and not 0 < args.checkpoint_every < math.inf:
+        raise ValueError(f"--checkpoint-every: expected a positive number of minutes, got {args.checkpoint_every:g}")
     if args.resume:
-        run_config, model, guide, data, run_dir = resumed(args, device)
-    else:
-        run_config, data = runs.new_run_config(settings_of(args, quiet=not main))
-        name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(args.out or f"runs/{distributed.from_main(name)}")  # the ranks' clocks differ
+        if not Path(args.resume).is_dir():
+            raise FileNotFoundError(f"--resume {args.resume}: no such directory; expected a run directory")
+        with hold(args.resume):
+            train_and_report_locked(args, device, main, *resumed(args, device))
+        return
+    run_config, data = runs.new_run_config(settings_of(args, quiet=not main))
+    name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(args.out or f"runs/{distributed.from_main(name)}")  # the ranks' clocks differ
+    writable(run_dir, "--out", directory=True)
+    with hold(run_dir):
         model, guide = runs.start_run(run_config, run_dir, device)
+        train_and_report_locked(args, device, main, run_config, model, guide, data, run_dir)
+
+
+def train_and_report_locked(args: argparse.Namespace, device: torch.device, main: bool, run_config: dict,
+                            model: nn.Module, guide: nn.Module, data: Splits, run_dir: Path) -> None:  # fmt: skip
     prior = f" and the {run_config['net']['prior']} prior" if "prior" in run_config["net"] else ""
     processes = f" ({distributed.size()} processes)" if distributed.active() else ""
     if main:
@@ -109,8 +147,9 @@ def train_and_report(args: argparse.Namespace, device: torch.device, main: bool)
             f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
             f"{run_config['objective']} on {device}{processes}; run directory {run_dir}"
         )
+    every = None if args.checkpoint_every is None else 60 * args.checkpoint_every
     result = runs.train_run(run_config, model, guide, data, run_dir, device, progress=not args.no_progress,
-                            tensorboard=args.tensorboard)  # fmt: skip
+                            tensorboard=args.tensorboard, checkpoint_every=every)  # fmt: skip
     if not main:
         return
     stop = "early stop" if result.stopped_early else "time budget" if result.out_of_time else "step budget"
@@ -185,12 +224,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
     run = open_run(args)
     name = f"samples-prime{args.prime}" if args.prime else "samples"
     path = Path(args.out or Path(args.run) / f"{name}.png")
+    png_path(path)
     generated = runs.write_samples(run.model, run.data, path, args.num, args.steps, args.prime)
     print(f"wrote {path}: {len(generated)} sequences of {generated.shape[1]} steps")
     if run.data.kind == "audio":  # listen to it too
         for i, sequence in enumerate(generated):
             write_wav(path.with_name(f"{path.stem}-{i}.wav"), sequence.flatten(), run.data.sample_rate)
         print(f"wrote {len(generated)} wav files at {run.data.sample_rate} Hz: {path.with_name(path.stem)}-*.wav")
+
+
+def png_path(path: Path) -> None:
+    """Refuse an ``--out`` that is not a writable path ending in .png (matplotlib would add the suffix itself)."""
+    writable(path, "--out", directory=False)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out {path}: expected a file name ending in .png")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -202,6 +249,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     shown = int(mask.sum(1).min())
     panels = {"real test": x[:, :shown].cpu(), "reconstruction": draws.mean(0)[:, :shown].cpu()}
     path = Path(args.out or Path(args.run) / "reconstructions.png")
+    png_path(path)
     plot_sequences(panels, run.data.kind, path)
     print(f"wrote {path}")
 
@@ -342,6 +390,8 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--deterministic", action="store_true", help="MS-STCN: no latent variables (paper 2's control)")
     t.add_argument("--out", help="run directory (default runs/MODEL-GUIDE-TIME)")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    t.add_argument("--checkpoint-every", type=float, metavar="MINUTES", help="also write last.pt this often (it is "
+                   "written at each validation, and on SIGTERM or Ctrl-C)")  # fmt: skip
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to the run directory "
                    "(needs the tensorboard package)")  # fmt: skip
@@ -413,12 +463,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+USAGE, FAILED = 2, 1  # exit codes: a flag, file or field that cannot be used; a run that failed
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; a failure is one line on stderr and an exit code (see the module's docstring)."""
     args = parser().parse_args(argv)
     try:
         args.func(args)
+    except Interrupted as e:
+        leave(str(e), 128 + e.signum)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        leave(f"error: {e}", USAGE)
+    except (Diverged, OSError) as e:  # OSError: a full disk, a file that vanished, ...
+        leave(f"error: {e}", FAILED)
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one
+        leave("interrupted", 128 + signal.SIGINT)
+
+
+def leave(message: str, code: int) -> None:
+    """Exit with ``code`` after printing ``message`` on stderr (rank 0 alone under torchrun)."""
+    if distributed.is_main():
+        print(message, file=sys.stderr, flush=True)
+    exit_ = SystemExit(message)  # the message, for callers that catch it (the tests)
+    exit_.code = code
+    raise exit_
 
 
 if __name__ == "__main__":

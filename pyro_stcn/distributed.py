@@ -158,3 +158,13 @@ def from_main(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0, device=_collective_device())
     return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself in a plain process): a
+    signal that reached one rank stops all of them after the same step."""
+    if not active():
+        return flag
+    box = torch.tensor([float(flag)], device=_collective_device())
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())

@@ -15,9 +15,24 @@ Every ``valid_every`` steps the validation -ELBO (β = 1, λ = 0, fixed random d
 is computed, on the first ``valid_sequences`` validation sequences if that is set.
 Each new best saves ``best.pt``; ``patience`` validations without a relative
 improvement of ``min_improvement`` stop the run (the authors' 10 evaluations and 0.25%).
-``last.pt`` is written at each validation; an interrupted run resumes from it exactly:
-parameters, optimizer, learning rate, random state and the batch stream all continue
-where they were.
+``last.pt`` is written after the first step (so a resumed run never starts over
+silently), at each validation, every ``checkpoint_every`` seconds if that is set, and
+when a signal stops the run; an interrupted run resumes from it exactly: parameters,
+optimizer, learning rate, random state and the batch stream all continue where they
+were. ``log.csv`` holds each step once: rows after ``last.pt``'s step, and a row torn
+by a crash, are dropped on resumption.
+
+Reliability (what a user can count on):
+
+- **Preemption.** SIGTERM or SIGINT (Ctrl-C) lets the current step finish, writes
+  ``last.pt`` and raises :class:`Interrupted`, whose message says where to resume
+  from (the command line prints it and exits with 128 + the signal's number). Under
+  torchrun every rank stops after the same step.
+- **Divergence.** A step whose loss or gradient norm is not finite makes no update
+  (parameters and optimizer untouched) and is counted in the log's ``skipped``
+  column; :data:`MAX_SKIPPED_IN_A_ROW` such steps in a row, or a validation -ELBO
+  that is not finite or above :data:`EXPLODED_NATS_PER_STEP` nats per step, raise
+  :class:`Diverged` without writing ``last.pt``: the last good checkpoints stay.
 
 The parts. :func:`train` tells the story of a run; each part it calls does one thing:
 
@@ -43,16 +58,21 @@ and logs the mean over ranks; ``validate`` runs on rank 0 and broadcasts the sta
 the clock is rank 0's; only rank 0 writes files or prints. A plain process does
 exactly what it did before.
 
-Later guards slot into one part each: a divergence guard into ``step`` (skip an update
-whose loss or gradient norm is not finite) and a signal handler between steps of the
-loop (``checkpoint`` after the current step).
+The guards each live in one part: the divergence guard in ``step`` and ``validate``
+(:class:`_Guard` counts), the signal handler (:class:`_Signals`) between steps of the
+loop. :data:`TEST_HOOKS` (the ``PYRO_STCN_TEST_HOOKS`` variable) lets the tests put a
+NaN, a signal or a ``kill -9`` at a chosen step, so that their timing is exact.
 """
 
 import csv
 import importlib.util
 import io
 import math
+import os
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -130,7 +150,88 @@ class TrainState:
         self.stopped_early = self.bad_validations >= patience
 
 
-LOG_FIELDS = ["step", "loss", "kl", "lr", "valid_loss", "seconds"]
+LOG_FIELDS = ["step", "loss", "kl", "lr", "valid_loss", "seconds", "skipped"]  # skipped: steps so far with no update
+MAX_SKIPPED_IN_A_ROW = 5  # non-finite steps in a row that stop a run
+EXPLODED_NATS_PER_STEP = 1e6  # a validation -ELBO above this per time step has exploded
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after a whole step, ``last.pt`` written."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Diverged(RuntimeError):
+    """Training stopped because the loss, the gradients or the validation -ELBO are no
+    longer finite numbers; the last good checkpoints are left as they were."""
+
+
+@dataclass
+class _Guard:
+    """The divergence guard's counts, saved in checkpoints beside :class:`TrainState`."""
+
+    skipped: int = 0  # steps that made no update
+    in_a_row: int = 0  # of them, the latest consecutive ones
+
+    def count(self, finite: bool) -> None:
+        self.skipped += not finite
+        self.in_a_row = 0 if finite else self.in_a_row + 1
+
+
+class _Hooks:
+    """Test hooks from ``PYRO_STCN_TEST_HOOKS``, e.g. ``nan@3,sigterm@5,kill-in-checkpoint@10``:
+    a NaN loss at step 3, SIGTERM (or ``sigint``) sent to this process during step 5,
+    ``kill -9`` of this process while ``last.pt`` of step 10 is being written."""
+
+    def __init__(self, text: str):
+        self.events = {tuple(item.split("@")) for item in text.split(",") if item}
+
+    def at(self, event: str, step: int) -> bool:
+        return (event, str(step)) in self.events
+
+    def during_step(self, step: int) -> None:
+        for name in ("sigterm", "sigint"):
+            if self.at(name, step):
+                os.kill(os.getpid(), getattr(signal, name.upper()))
+
+    def in_checkpoint(self, step: int):
+        if self.at("kill-in-checkpoint", step):
+            return lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
+        return None
+
+
+TEST_HOOKS = _Hooks(os.environ.get("PYRO_STCN_TEST_HOOKS", ""))
+
+
+class _Signals:
+    """SIGTERM and SIGINT noted, not acted on, while training: the loop stops after the
+    current step. A second signal of the same kind acts at once, as it would have."""
+
+    NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
+
+    def __init__(self):
+        self.caught: int | None = None
+        self.previous = {}
+
+    def _note(self, signum, frame) -> None:
+        self.caught = signum
+        signal.signal(signum, self.previous[signum])
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():  # only there can handlers be set
+            for signum in self.NAMES:
+                self.previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def stop(self) -> bool:
+        """Whether to stop after this step: a signal here, or on any rank."""
+        return distributed.any_rank(self.caught is not None)
 
 
 def train(
@@ -146,6 +247,7 @@ def train(
     run_config: dict | None = None,
     progress: bool = True,
     tensorboard: bool = False,
+    checkpoint_every: float | None = None,
 ) -> TrainResult:
     """Train ``model``/``guide`` (functions of ``(x, mask)``) whose parameters live in
     ``modules`` on ``data.train``, validating on ``data.valid``.
@@ -153,10 +255,16 @@ def train(
     ``schedules`` maps an attribute of ``objective`` to a function of the step, e.g.
     ``{"beta": linear_warmup}``. ``run_config`` is stored in every checkpoint. If
     ``run_dir/last.pt`` exists the run resumes from it. ``tensorboard`` also writes
-    TensorBoard events to ``run_dir`` (needs the ``tensorboard`` package). In a process
+    TensorBoard events to ``run_dir`` (needs the ``tensorboard`` package);
+    ``checkpoint_every`` seconds also writes ``last.pt`` that often. In a process
     group (``torchrun``), each rank trains on its shard of every batch.
+
+    Raises :class:`Interrupted` after SIGTERM or SIGINT (``last.pt`` written) and
+    :class:`Diverged` when training diverges (the last good checkpoints kept).
     """
     _check(config)
+    if checkpoint_every is not None and not 0 < checkpoint_every < math.inf:
+        raise ValueError(f"--checkpoint-every must be a positive number of minutes, got {checkpoint_every / 60:g}")
     if tensorboard:
         _Board.check_installed()
     run = _Run(model, guide, modules, objective, config, Path(run_dir), schedules or {}, torch.device(device),
@@ -171,21 +279,29 @@ def train(
     )
     clock = _Clock(config.budget, state.seconds)
     bar = _Progress(config, state, enabled=progress and main)
+    saved_at = time.monotonic()
     try:
-        while state.step < config.steps and not state.stopped_early and not clock.out_of_time():
-            row = run.step(state, next(stream))
-            if state.step % config.valid_every == 0 or state.step == config.steps or clock.out_of_time():
-                valid_kl = run.validate(state, data.valid[: config.valid_sequences], clock, row)
+        with _Signals() as signals:
+            while state.step < config.steps and not state.stopped_early and not clock.out_of_time():
+                row = run.step(state, next(stream))
+                stop = signals.stop()
+                validating = state.step % config.valid_every == 0 or state.step == config.steps
+                if validating or clock.out_of_time():
+                    valid_kl = run.validate(state, data.valid[: config.valid_sequences], clock, row)
+                    if board:
+                        board.validation(row, valid_kl)
                 log.write(row)
-                log.flush()  # before last.pt: a resumed run drops the rows after its step, never lacks one
-                run.checkpoint("last.pt", state)
+                run.guard_check(state)  # diverged: the rows are logged, last.pt is not written
+                due = checkpoint_every is not None and time.monotonic() - saved_at >= checkpoint_every
+                if "valid_loss" in row or state.step == 1 or stop or due:
+                    log.flush()  # before last.pt: a resumed run drops the rows after its step, never lacks one
+                    run.checkpoint("last.pt", state, None if "valid_loss" in row else clock)  # validate timed it
+                    saved_at = time.monotonic()
                 if board:
-                    board.validation(row, valid_kl)
-            else:
-                log.write(row)
-            if board:
-                board.step(row)
-            bar.show(state, row, clock)
+                    board.step(row)
+                bar.show(state, row, clock)
+                if stop:
+                    raise Interrupted(*_stopped_message(signals.caught, state, run.dir))
     except KeyboardInterrupt:
         if main:
             _report_interrupt(run.dir, state)
@@ -196,6 +312,13 @@ def train(
         if board:
             board.close()
     return run.result(state)
+
+
+def _stopped_message(signum: int | None, state: TrainState, run_dir: Path) -> tuple[int, str]:
+    """The signal (another rank's if this one caught none: SIGTERM) and the one line that says where to resume."""
+    signum = signum or signal.SIGTERM
+    return signum, (f"stopped by {_Signals.NAMES[signum]} after step {state.step}; saved {run_dir / 'last.pt'}: "
+                    f"continue with  pyro-stcn train --resume {run_dir}")  # fmt: skip
 
 
 def _check(config: TrainConfig) -> None:
@@ -241,6 +364,7 @@ class _Run:
     loss: nn.Module = field(init=False)  # Loss, in DDP in a process group
     optimizer: torch.optim.Adam = field(init=False)
     scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
+    guard: _Guard = field(default_factory=_Guard)
 
     def __post_init__(self) -> None:
         if distributed.is_main():
@@ -253,9 +377,15 @@ class _Run:
 
     def resume(self) -> TrainState:
         """Continue from ``last.pt`` if there is one: parameters, optimizer, learning
-        rate, random state and :class:`TrainState`; log rows after its step are dropped."""
+        rate, random state and :class:`TrainState`; log rows after its step (all of
+        them without one) are dropped, and temporary files of an interrupted write."""
         last = self.dir / "last.pt"
+        if distributed.is_main():
+            for tmp in self.dir.glob("*.tmp"):
+                tmp.unlink()
         if not last.exists():
+            if distributed.is_main():
+                _truncate_log(self.dir / "log.csv", 0)
             return TrainState()
         ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
         self._load_modules(ckpt)
@@ -265,6 +395,7 @@ class _Run:
         if ckpt["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         state = TrainState.from_dict(ckpt["train_state"])
+        self.guard = _Guard(**ckpt.get("guard", {}))  # absent from checkpoints older than the guard
         if not distributed.is_main():
             return state
         _truncate_log(self.dir / "log.csv", state.step)
@@ -277,38 +408,74 @@ class _Run:
         """One SVI step on ``batch`` (x [batch, time, channels], mask [batch, time]);
         returns its log row, the loss and KLs per sequence. In a process group the step
         is on this rank's shard, its noise drawn from (seed, step, rank), and the row's
-        figures are the means over ranks: those of the global batch."""
+        figures are the means over ranks: those of the global batch. A loss or gradient
+        norm that is not finite (on any rank: the means are not then) makes no update."""
         for attr, schedule in self.schedules.items():
             setattr(self.objective, attr, schedule(state.step))
         if distributed.active():
             torch.manual_seed(distributed.noise_seed(self.config.seed, state.step))
         x, mask = (t.to(self.device) for t in distributed.shard(batch))
-        loss = self.loss(x, mask)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # in DDP: the gradients all-reduced to their mean over ranks
-        torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        state.step += 1
+        with warnings.catch_warnings():  # Pyro's "Encountered NaN": the guard below counts such steps
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            loss = self.loss(x, mask)
+            if TEST_HOOKS.at("nan", state.step + 1):
+                loss = loss * math.nan
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # in DDP: the gradients all-reduced to their mean over ranks
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        TEST_HOOKS.during_step(state.step + 1)
         kl = self.objective.kl
         figures = {
             "loss": loss.item(),
             "kl": sum(kl.values()) / len(x),
             **{f"kl_{name}": value / len(x) for name, value in sorted(kl.items())},
+            "norm": norm.item(),
         }
         figures = dict(zip(figures, distributed.mean(list(figures.values()))))
+        finite = math.isfinite(figures["loss"]) and math.isfinite(figures.pop("norm"))
+        if finite:
+            self.optimizer.step()
+        self.scheduler.step()  # the learning rate is a function of the step, skipped or not
+        state.step += 1
+        self.guard.count(finite)
         return {"step": state.step, "loss": figures.pop("loss"), "kl": figures.pop("kl"),
-                "lr": self.optimizer.param_groups[0]["lr"], **figures}  # fmt: skip
+                "lr": self.optimizer.param_groups[0]["lr"], "skipped": self.guard.skipped, **figures}  # fmt: skip
+
+    def guard_check(self, state: TrainState) -> None:
+        """Raise :class:`Diverged` after :data:`MAX_SKIPPED_IN_A_ROW` non-finite steps in a row."""
+        if self.guard.in_a_row < MAX_SKIPPED_IN_A_ROW:
+            return
+        first = state.step - self.guard.in_a_row + 1
+        raise Diverged(
+            f"training diverged: the loss or gradient norm was not finite at {self.guard.in_a_row} steps in a row "
+            f"(steps {first} to {state.step}), which made no update. {self._causes()}"
+        )
+
+    def _causes(self) -> str:
+        last = self.dir / "last.pt"
+        kept = f"{last} (step {load_checkpoint(last)['train_state']['step']})" if last.exists() else "no last.pt"
+        return (f"Likely causes: a learning rate too high for this model (lr {self.config.lr:g}, --lr) or data far "
+                f"from unit scale (look at the largest values of --data). The last good checkpoint is kept: {kept}; "
+                "train a new run with a lower --lr")  # fmt: skip
 
     def validate(self, state: TrainState, sequences: Sequence[Tensor], clock: _Clock, row: dict) -> dict[str, float]:
         """The validation -ELBO of ``sequences``; a new best writes ``best.pt``, then
         patience and the time are counted. Adds the validation's log columns to ``row``
         and returns the validation KL of each layer. In a process group rank 0
         validates and every rank takes its state (and so its decisions)."""
-        valid, kl = math.nan, {}
+        valid, kl, exploded = math.nan, {}, False
         if distributed.is_main():
             report = evaluate_elbo(self.model, self.guide, sequences, device=self.device)
             valid, kl = report.per_sequence, report.kl_per_sequence
+            exploded = not math.isfinite(report.per_step) or report.per_step > EXPLODED_NATS_PER_STEP
+        if distributed.from_main(exploded):
+            valid = distributed.from_main(valid)
+            raise Diverged(
+                f"training diverged: the validation -ELBO at step {state.step} exploded to {valid:.3g} nats per "
+                f"sequence (more than {EXPLODED_NATS_PER_STEP:.0e} per time step, or not a number); it is not a "
+                f"result. {self._causes()}"
+            )
+        if distributed.is_main():
             if valid < state.best_valid:
                 state.best_valid, state.best_step = valid, state.step
                 self.checkpoint("best.pt", state)
@@ -320,11 +487,14 @@ class _Run:
         row.update(valid_loss=valid, seconds=state.seconds)
         return kl
 
-    def checkpoint(self, filename: str, state: TrainState) -> None:
+    def checkpoint(self, filename: str, state: TrainState, clock: _Clock | None = None) -> None:
         """Write ``run_dir/filename`` atomically: everything a resumed run needs (rank
-        0 alone; the ranks' modules and optimizers are the same)."""
+        0 alone; the ranks' modules and optimizers are the same). With the ``clock``,
+        the seconds spent so far are saved too."""
         if not distributed.is_main():
             return
+        if clock is not None:
+            state.seconds = clock.seconds()
         save_checkpoint(
             {
                 **{name: m.state_dict() for name, m in self.modules.items()},
@@ -333,10 +503,12 @@ class _Run:
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "train_state": asdict(state),
+                "guard": asdict(self.guard),
                 "train_config": asdict(self.config),
                 "run_config": self.run_config,
             },
             self.dir / filename,
+            before_replace=TEST_HOOKS.in_checkpoint(state.step) if filename == "last.pt" else None,
         )
 
     def result(self, state: TrainState) -> TrainResult:
@@ -363,7 +535,14 @@ class Loss(nn.Module):
         self.model, self.guide, self.objective = model, guide, objective
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.objective.differentiable_loss(self.model, self.guide, x, mask) / len(x)
+        try:
+            return self.objective.differentiable_loss(self.model, self.guide, x, mask) / len(x)
+        except ValueError as e:
+            if "found invalid values" not in str(e):  # torch's words for a distribution's NaN or inf parameter
+                raise
+        # diverged inside the model: a NaN loss on every parameter, which the guard skips (and in DDP
+        # every rank still takes part in the gradients' all-reduce)
+        return math.nan * sum(p.sum() for p in self.parameters())
 
 
 class _Progress:
@@ -401,19 +580,21 @@ class _Log:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = path
         self.file = open(path, "a", newline="") if enabled else None
-        self.writer = None
+        self.fields = None
         if enabled and path.stat().st_size:
             with open(path, newline="") as f:
-                self.writer = csv.DictWriter(self.file, fieldnames=next(csv.reader(f)))
+                self.fields = next(csv.reader(f))
 
     def write(self, row: dict) -> None:
+        """Append ``row`` in one write (columns a log from an older version lacks are left out)."""
         if self.file is None:
             return
-        if self.writer is None:
-            extra = [k for k in row if k not in LOG_FIELDS]
-            self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS + extra)
-            self.writer.writeheader()
-        self.writer.writerow(row)
+        text = io.StringIO()
+        if self.fields is None:
+            self.fields = LOG_FIELDS + [k for k in row if k not in LOG_FIELDS]
+            csv.writer(text).writerow(self.fields)
+        csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        self.file.write(text.getvalue())
 
     def flush(self) -> None:
         if self.file is not None:
@@ -481,11 +662,15 @@ class _Board:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows after ``step``: a resumed run writes them again."""
+    """Drop log rows after ``step`` (a resumed run writes them again) and a last row
+    torn by a crash (no line end); with ``step`` 0, the header too."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    rows = list(csv.reader(lines))
+    keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[0]) <= step] if rows and step else []
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(keep)

@@ -11,11 +11,19 @@ class DataError(ValueError):
 
 
 def check_finite(values: np.ndarray, where: str | Path) -> np.ndarray:
-    """``values`` if every entry is finite, else a DataError naming the first bad one."""
-    bad = ~np.isfinite(values)
+    """``values`` if every entry is a number that is finite as float32 (the dtype the
+    models use: 1e300 is finite as float64 but inf as float32), else a DataError naming
+    the first bad one."""
+    if not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
+        raise DataError(f"{where}: values of dtype {values.dtype}; expected numbers")
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(values.astype(np.float32))
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DataError(f"{where}: NaN or inf at index {index} ({int(bad.sum())} such values); data must be finite")
+        raise DataError(
+            f"{where}: NaN or inf at index {index} as float32, the models' dtype ({float(values[index]):g} there; "
+            f"{int(bad.sum())} such values; float32 reaches ±{np.finfo(np.float32).max:.3g}); data must be finite"
+        )
     return values
 
 

@@ -7,6 +7,7 @@ ragged layout needs no pickling: ``np.load(..., allow_pickle=False)`` reads it.
     np.savez("mine.npz", data=np.concatenate(seqs), lengths=[len(s) for s in seqs])
 """
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,26 @@ def load_npz_sequences(path: str | Path) -> list[Tensor]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; expected an npz with arrays 'data' and 'lengths'")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [k for k in ("data", "lengths") if k not in npz.files]
-        if missing:
-            raise DataError(f"{path}: no array {missing[0]!r}; expected 'data' and 'lengths', found {npz.files}")
-        data, lengths = npz["data"], npz["lengths"]
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: a single array; expected an npz with arrays 'data' and 'lengths'")
+        with npz:
+            missing = [k for k in ("data", "lengths") if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: no array {missing[0]!r}; expected 'data' and 'lengths', found {npz.files}")
+            data, lengths = npz["data"], npz["lengths"]
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # random bytes, object arrays (pickles)
+        # numpy's own text suggests allow_pickle: never for a file one did not write
+        why = "it holds pickled Python objects, which are not loaded" if "pickle" in str(e) else str(e)
+        raise DataError(f"{path}: not an npz of numeric arrays ({why}); expected arrays 'data' and 'lengths' "
+                        "saved by numpy.savez") from None  # fmt: skip
+    if not np.issubdtype(lengths.dtype, np.integer):
+        raise DataError(f"{path}: 'lengths' has dtype {lengths.dtype}; expected integers (steps per sequence)")
+    if not np.issubdtype(data.dtype, np.number) and data.dtype != bool:
+        raise DataError(f"{path}: 'data' has dtype {data.dtype}; expected numbers")
     if data.ndim == 1:
         data = data[:, None]
     if data.ndim != 2:

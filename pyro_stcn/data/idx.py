@@ -7,6 +7,7 @@ then n big-endian 32-bit sizes. ``train-images-idx3-ubyte`` is 0x00000803 with s
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; expected an IDX file such as train-images-idx3-ubyte")
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a damaged .gz
+        raise DataError(f"{path}: cannot be read ({e}); expected an IDX file, gzipped if it ends in .gz") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != UBYTE:
         magic = raw[:4].hex() if len(raw) >= 4 else raw.hex()
         raise DataError(f"{path}: magic number 0x{magic} is not IDX unsigned-byte data (expected 0x000008NN)")
