@@ -9,6 +9,7 @@ import pyro
 import pytest
 import torch
 
+from pyro_stcn import cli
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import load_digits_splits, pad_batch
 from pyro_stcn.elbo import AnnealedELBO, LayerwiseELBO
@@ -32,10 +33,10 @@ def _readme_python_blocks() -> list[str]:
     return [block.split("```")[0] for block in section.split("```python")[1:]]
 
 
-def test_readme_svi_snippet_trains(digits, capsys):
+def test_readme_svi_snippet_trains(digits, capsys, tmp_path, monkeypatch):
     """The README's Python blocks, executed as written."""
     namespace = {}
-    train_block, check_block, baseline_block = _readme_python_blocks()
+    train_block, check_block, baseline_block, run_block = _readme_python_blocks()
     exec(train_block, namespace)
     model, guide, losses = namespace["model"], namespace["guide"], namespace["losses"]
     assert len(losses) == 100
@@ -54,6 +55,17 @@ def test_readme_svi_snippet_trains(digits, capsys):
     exec(baseline_block, namespace)
     vrnn_losses = namespace["vrnn_losses"]
     assert len(vrnn_losses) == 30 and sum(vrnn_losses[-5:]) < 0.9 * sum(vrnn_losses[:5])
+
+    # the run API block reads runs/default: a short run of the default model there
+    monkeypatch.chdir(tmp_path)
+    cli.main(["train", "--steps", "4", "--valid-every", "2", "--channels", "8", "--hidden", "8", "--z-dims", "4,2",
+              "--blocks", "2", "--out", "runs/default", "--no-progress"])  # fmt: skip
+    exec(run_block, namespace)
+    run, scores = namespace["run"], namespace["scores"]
+    again = evaluate_elbo(run.model.model, run.guide, run.data.test).per_sequence
+    assert scores.neg_elbo.per_sequence == pytest.approx(again) and run.data.kind == "image"
+    assert scores.neg_iwae.per_sequence <= scores.neg_elbo.per_sequence + 0.1  # the bound, up to Monte Carlo error
+    assert f"{scores.neg_elbo.per_sequence}" in capsys.readouterr().out
 
 
 def test_trunk_runs_once_per_step(digits):
