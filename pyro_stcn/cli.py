@@ -306,6 +306,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.preset:
         print(f"preset {args.preset} = {as_flags(PRESETS[args.preset])}, less what each model does not take; "
               "the time budget replaces --steps")  # fmt: skip
+    with hold(out):  # one comparison per directory, as one run per run directory
+        compare_in(out, args, device, data_name)
+
+
+def compare_in(out: Path, args: argparse.Namespace, device: torch.device, data_name: str) -> None:
     base = {k: getattr(args, k) for k in ("preset", "data", "data_dir", "fw", "seed")}
     models = args.models or [m for m in model_names() if family_of(m).compared]
     contenders, data = [], None

@@ -91,3 +91,14 @@ def test_bad_compare_flags_are_refused(capsys):
     with pytest.raises(SystemExit):
         run.main(["compare", "--budget", "1", "--models", "wavenet,srnn"])
     assert "unknown model 'srnn'; valid: wavenet, wavenet-dense" in capsys.readouterr().err
+
+
+def test_a_comparison_directory_in_use_is_refused(tmp_path):
+    from pyro_stcn.lock import RunLock
+
+    with RunLock(tmp_path / "cmp"):
+        with pytest.raises(SystemExit, match="cmp"):
+            run.main(
+                ["compare", "--budget", "0.01", "--models", "wavenet", "--out", str(tmp_path / "cmp"), "--no-progress"]
+            )
+    assert not (tmp_path / "cmp" / "wavenet-bernoulli").exists()  # refused before anything was written
