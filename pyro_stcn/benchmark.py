@@ -260,5 +260,6 @@ def print_generation(
         uncached_steps = steps if b == 1 else max(1, steps // 8)
         g = generation(model, b, steps, uncached_steps, device, repeats)
         note = "" if uncached_steps == steps else f" ({uncached_steps} steps)"
-        out(f"| {b} | {1e3 * g['cached']:.2f} | {1e3 * g['uncached']:.2f}{note} | {g['uncached'] / g['cached']:.1f} "
-            f"| {1e3 * g['floor']:.3f} | {g['cached'] / g['floor']:.1f} | {b / (steps * g['cached']):.2f} |")  # fmt: skip
+        out(f"| {b} | {1e3 * g['cached']:.2f} | {1e3 * g['uncached']:.2f}{note} "
+            f"| {g['uncached'] / g['cached']:.1f} | {1e3 * g['floor']:.3f} | {g['cached'] / g['floor']:.1f} "
+            f"| {b / (steps * g['cached']):.2f} |")  # fmt: skip

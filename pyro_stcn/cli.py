@@ -29,8 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pyro_stcn import distributed, evaluate, runs
-from pyro_stcn import benchmark
+from pyro_stcn import benchmark, distributed, evaluate, runs
 from pyro_stcn.benchmark import time_generation
 from pyro_stcn.compare import compare, write_comparison
 from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch

@@ -19,8 +19,8 @@ from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
 from pyro_stcn.elbo import LayerwiseELBO
-from pyro_stcn.guides.ladder import LadderGuide, precision_weighted
 from pyro_stcn.guides.independent import MultiscaleIndependentGuide
+from pyro_stcn.guides.ladder import LadderGuide, precision_weighted
 from pyro_stcn.heads import join
 from pyro_stcn.masks import zero_padding
 from pyro_stcn.models.ms_stcn import MSSTCN, delay
