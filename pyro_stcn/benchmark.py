@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS, STCNConfig
+from pyro_stcn.precision import network_autocast
 from pyro_stcn.presets import PRESETS
 from pyro_stcn.reference_loss import ms_stcn_independent_loss, stcn_ladder_loss
 from pyro_stcn.registry import make_guide, make_model
@@ -64,18 +65,24 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]  # the bench command's --clock sets it
+
+
 def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall-clock seconds of each contender over ``repeats`` rounds, each round
-    running every contender once in turn (after ``warmup`` untimed rounds)."""
+    """Median seconds of each contender over ``repeats`` rounds, each round running
+    every contender once in turn (after ``warmup`` untimed rounds). Seconds of
+    :data:`clock`: wall-clock, or this process's CPU time (``--clock cpu``: on a machine
+    shared with other work, less of their load shows; on CUDA it misses the GPU's time)."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for round_ in range(warmup + repeats):
         for name, run in contenders.items():
             _sync()
-            start = time.perf_counter()
+            start = clock()
             run()
             _sync()
             if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -94,6 +101,7 @@ class Setup:
     reference: Callable
     batch_size: int
     length: int
+    bf16: bool = False  # the networks under bfloat16 autocast (pyro_stcn.precision)
 
     def batch(self, batch_size: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Handwriting-like data: (dx, dy) Gaussian, the pen bit 0/1; every step real."""
@@ -109,7 +117,8 @@ class Setup:
         def step() -> float:
             for p in params:
                 p.grad = None
-            loss = self.objective.differentiable_loss(self.model.model, self.guide, x, mask) / len(x)
+            with network_autocast(x.device, self.bf16):
+                loss = self.objective.differentiable_loss(self.model.model, self.guide, x, mask) / len(x)
             loss.backward()
             return loss
 
@@ -122,7 +131,8 @@ class Setup:
         def step() -> float:
             for p in params:
                 p.grad = None
-            value, surrogate = self.reference(self.model, self.guide, self.objective, x, mask)
+            with network_autocast(x.device, self.bf16):
+                value, surrogate = self.reference(self.model, self.guide, self.objective, x, mask)
             (surrogate / len(x)).backward()
             return value
 

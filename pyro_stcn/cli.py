@@ -254,9 +254,13 @@ def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
     """The ``pyro_stcn.benchmark`` tables: every figure a median of interleaved repeats."""
     quick, repeats = args.quick, args.repeats or (2 if args.quick else 5)
     suites = ["steps", "scaling", "generation"] if args.suite == "all" else [args.suite]
-    print(f"pyro-stcn bench {args.suite}{' --quick' * quick}: medians of {repeats} interleaved repeats on "
+    benchmark.clock = benchmark.CLOCKS[args.clock]
+    flags = " --quick" * quick + " --bf16" * args.bf16 + f" --clock {args.clock}"
+    print(f"pyro-stcn bench {args.suite}{flags}: medians of {repeats} interleaved repeats ({args.clock} time) on "
           f"{benchmark.machine_line(device)}", flush=True)  # fmt: skip
     setups = [benchmark.stcn_dense_setup(device, quick), benchmark.ms_stcn_setup(device, quick)]
+    for setup in setups:
+        setup.bf16 = args.bf16
     if "steps" in suites:
         print("\nSVI step (zero_grad, loss, backward) through Pyro against the same networks by a hand-written loss")
         benchmark.print_steps(setups, device, repeats, out=lambda line: print(line, flush=True))
@@ -288,6 +292,9 @@ def add_bench(sub) -> argparse.ArgumentParser:
         s.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the command")
         s.add_argument("--repeats", type=int, help="interleaved repeats per figure (default 5; --quick 2)")
         s.add_argument("--gen-steps", type=int, default=320, help="generated steps per timing (default 320)")
+        s.add_argument("--clock", choices=list(benchmark.CLOCKS), default="wall",
+                       help="wall-clock time, or this process's CPU time (less noise on a shared CPU)")  # fmt: skip
+        s.add_argument("--bf16", action="store_true", help="training steps with the networks in bfloat16 (autocast)")
         s.add_argument("--device", default=argparse.SUPPRESS, choices=["auto", "cpu", "cuda"])
     b.set_defaults(func=cmd_bench, suite=None)
     return b
