@@ -18,7 +18,6 @@ References:
 from torch import Tensor, nn
 
 from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
-from pyro_stcn.heads import join
 from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
 from pyro_stcn.models.priors import GaussianPrior
 from pyro_stcn.models.stcn import STCN
@@ -56,7 +55,7 @@ class LadderGuide(IndependentGuide):
 
     def posterior(self, layer: int, feats: Features, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
         loc_hat, scale_hat = super().posterior(layer, feats, z_above)
-        loc_p, scale_p = self.stcn.prior.gaussian(layer, join(feats.d_prev[layer], z_above))
+        loc_p, scale_p = self.stcn.priors.for_guide(layer, feats.d_prev[layer], z_above)  # kept for the model
         return precision_weighted(loc_hat, scale_hat, loc_p, scale_p)
 
 

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
 from pyro_stcn.generate import Draw, over_trunk, sample, start_sequences
-from pyro_stcn.handoff import FeatureHandoff
+from pyro_stcn.handoff import FeatureHandoff, PriorHandoff
 from pyro_stcn.heads import join
 from pyro_stcn.masks import zero_padding
-from pyro_stcn.models.priors import make_prior
+from pyro_stcn.models.priors import GaussianPrior, make_prior
 from pyro_stcn.normalise import standardisation
 from pyro_stcn.observation import Observation, rename_old_observation_keys
 from pyro_stcn.params import register
@@ -76,6 +76,7 @@ class STCN(nn.Module):
         self.observe = Observation(out_dim, c.hidden, c.output_layers, c.likelihood, c.x_dim, c.components, self.units)
         self.register_load_state_dict_pre_hook(rename_old_observation_keys)  # runs saved before Observation
         self.features = FeatureHandoff(self.trunk_features, self.trunk)
+        self.priors = PriorHandoff(self.prior_gaussian, self.prior)  # from the ladder guide, once per step
 
     @property
     def layers(self) -> int:
@@ -91,6 +92,20 @@ class STCN(nn.Module):
         h = torch.cat(zs, dim=-1) if self.config.dense else zs[0]
         return self.observe(h)
 
+    def prior_gaussian(self, layer: int, d_prev: Tensor, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(μ, σ) of a Gaussian prior p(z^l_t | [d^l_{t-1}, z^{l+1}_t]), ``d_prev`` that
+        layer's ``[batch, time, channels]``."""
+        return self.prior.gaussian(layer, join(d_prev, z_above))
+
+    def prior_dist(self, layer: int, d_prev: Tensor, z_above: Tensor | None) -> dist.TorchDistribution:
+        """p(z^l_t | [d^l_{t-1}, z^{l+1}_t]): a ladder guide's (μ, σ) for these very
+        inputs if it handed them over (``self.priors``), so the same numbers computed once."""
+        if type(self.prior).forward is GaussianPrior.forward:  # prior(l, c) = Normal(*gaussian(l, c)).to_event(1)
+            given = self.priors.for_model(layer, d_prev, z_above)
+            if given is not None:
+                return dist.Normal(*given).to_event(1)
+        return self.prior(layer, join(d_prev, z_above))
+
     def top_down(self, d_prev: list[Tensor], sample: Callable[[str, dist.Distribution], Tensor]) -> list[Tensor]:
         """z^L .. z^1 from the prior given ``d_prev`` (``[batch, time, channels]`` per
         layer), each drawn by ``sample(name, prior)``; returns them bottom first. The
@@ -98,7 +113,7 @@ class STCN(nn.Module):
         zs: list[Tensor] = []
         z_above = None
         for layer in reversed(range(self.layers)):
-            z_above = sample(f"z_{layer + 1}", self.prior(layer, join(d_prev[layer], z_above)))
+            z_above = sample(f"z_{layer + 1}", self.prior_dist(layer, d_prev[layer], z_above))
             zs.insert(0, z_above)
         return zs
 

@@ -8,6 +8,7 @@
     pyro-stcn reconstruct --run runs/NAME # test sequences beside their reconstructions
     pyro-stcn ppc --run runs/NAME         # posterior predictive checks
     pyro-stcn bench                       # cached vs uncached generation time
+    pyro-stcn bench all [--quick]         # step ratios to hand-written PyTorch, scaling in T, generation
     pyro-stcn compare --budget 3          # baselines and STCNs, 3 minutes each, one table
 
 ``python run.py`` is the same command. ``pyro-stcn COMMAND --help`` lists every option.
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pyro_stcn import distributed, evaluate, runs
+from pyro_stcn import benchmark, distributed, evaluate, runs
 from pyro_stcn.benchmark import time_generation
 from pyro_stcn.compare import compare, write_comparison
 from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch
@@ -269,8 +270,11 @@ def cmd_ppc(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    """Cached vs uncached generation at paper 1's handwriting size (receptive field 316)."""
+    """Cached vs uncached generation at paper 1's handwriting size (receptive field 316);
+    with a suite (``steps``, ``scaling``, ``generation`` or ``all``), that suite."""
     device = pick_device(args.device)
+    if args.suite:
+        return bench_suite(args, device)
     paper = PRESETS["iamondb-stcn-dense"]
     config = STCNConfig(
         x_dim=3, likelihood=paper["likelihood"], components=paper["components"], channels=paper["channels"][0],
@@ -292,6 +296,56 @@ def cmd_bench(args: argparse.Namespace) -> None:
             f"{t.max_difference:.1e} |",
             flush=True,
         )
+
+
+def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
+    """The ``pyro_stcn.benchmark`` tables: every figure a median of interleaved repeats."""
+    quick, repeats = args.quick, args.repeats or (2 if args.quick else 5)
+    suites = ["steps", "scaling", "generation"] if args.suite == "all" else [args.suite]
+    benchmark.clock = benchmark.CLOCKS[args.clock]
+    flags = " --quick" * quick + " --bf16" * args.bf16 + f" --clock {args.clock}"
+    print(f"pyro-stcn bench {args.suite}{flags}: medians of {repeats} interleaved repeats ({args.clock} time) on "
+          f"{benchmark.machine_line(device)}", flush=True)  # fmt: skip
+    setups = [benchmark.stcn_dense_setup(device, quick), benchmark.ms_stcn_setup(device, quick)]
+    for setup in setups:
+        setup.bf16 = args.bf16
+    if "steps" in suites:
+        print("\nSVI step (zero_grad, loss, backward) through Pyro against the same networks by a hand-written loss")
+        benchmark.print_steps(setups, device, repeats, out=lambda line: print(line, flush=True))
+    if "scaling" in suites:
+        print("\nStep time and memory as T grows (Pyro step)")
+        benchmark.print_scaling(setups, device, repeats, out=lambda line: print(line, flush=True))
+    if "generation" in suites:
+        model = setups[0].model
+        size = sum(p.numel() for p in model.parameters())
+        print(f"\nGeneration, {setups[0].name} ({size:,} parameters, receptive field {model.trunk.receptive_field}); "
+              "floor: one matrix-vector (batch 1) or matrix (batch 64) product over as many weights")  # fmt: skip
+        benchmark.print_generation(model, [1, 4] if quick else [1, 64], 16 if quick else args.gen_steps, device,
+                                   repeats, out=lambda line: print(line, flush=True))  # fmt: skip
+
+
+def add_bench(sub) -> argparse.ArgumentParser:
+    b = sub.add_parser("bench", help="benchmarks: plain, cached vs uncached generation; `bench all` for every suite")
+    b.add_argument("--steps", type=int_list, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
+    b.add_argument("--num", type=int, default=1, help="sequences generated at once")
+    suites = b.add_subparsers(dest="suite", metavar="{steps,scaling,generation,all}")
+    helps = {
+        "steps": "SVI step of STCN-dense and MS-STCN: Pyro against a hand-written PyTorch loss, as a ratio",
+        "scaling": "step time and memory at T, 2T, 4T",
+        "generation": "cached generation against uncached and the matrix-vector floor, batch 1 and 64",
+        "all": "every suite above, in one run",
+    }
+    for name, text in helps.items():
+        s = suites.add_parser(name, help=text)
+        s.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the command")
+        s.add_argument("--repeats", type=int, help="interleaved repeats per figure (default 5; --quick 2)")
+        s.add_argument("--gen-steps", type=int, default=320, help="generated steps per timing (default 320)")
+        s.add_argument("--clock", choices=list(benchmark.CLOCKS), default="wall",
+                       help="wall-clock time, or this process's CPU time (less noise on a shared CPU)")  # fmt: skip
+        s.add_argument("--bf16", action="store_true", help="training steps with the networks in bfloat16 (autocast)")
+        s.add_argument("--device", default=argparse.SUPPRESS, choices=["auto", "cpu", "cuda"])
+    b.set_defaults(func=cmd_bench, suite=None)
+    return b
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -459,10 +513,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model by SVI")
     add_train_flags(t)
     t.set_defaults(func=cmd_train)
-    b = sub.add_parser("bench", help="benchmark: cached vs uncached generation at paper 1's handwriting size")
-    b.add_argument("--steps", type=int_list, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
-    b.add_argument("--num", type=int, default=1, help="sequences generated at once")
-    b.set_defaults(func=cmd_bench)
+    b = add_bench(sub)
     for sp in (t, *add_run_commands(sub), b, add_compare(sub)):
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p

@@ -43,3 +43,39 @@ class FeatureHandoff(Generic[FeaturesT]):
         if pending is not None and pending[0] is x and pending[1] is mask and pending[2] == self._versions(x, mask):
             return pending[3]
         return self.compute(x, mask)
+
+
+class PriorHandoff:
+    """Passes the prior's (μ, σ) of each latent layer from a ladder guide to the model
+    within one step, so that the prior networks run once, not twice.
+
+    The ladder guide precision-weights with p(z^l | [d^l_{t-1}, z^{l+1}_t]); the model,
+    replayed against the guide's trace, then asks for that very prior: the same d^l
+    tensor (handed over by :class:`FeatureHandoff`) and the same z^{l+1} tensor (Pyro's
+    replay returns the guide's value itself). The model takes the guide's (μ, σ) only
+    when d^l and z^{l+1} are those objects and no prior parameter has changed in place
+    since; anything else computes afresh. Each value is handed over at most once.
+
+    ``compute(layer, d, z_above)`` gives (μ, σ); ``prior`` is the module it uses.
+    """
+
+    def __init__(self, compute: Callable[[int, Tensor, Tensor | None], tuple[Tensor, Tensor]], prior: nn.Module):
+        self.compute = compute
+        self.prior = prior
+        self._pending: dict[int, tuple[Tensor, Tensor | None, int, tuple[Tensor, Tensor]]] = {}
+
+    def _version(self) -> int:
+        return sum(p._version for p in self.prior.parameters())
+
+    def for_guide(self, layer: int, d: Tensor, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(μ, σ) of p(z^l | [d, z_above]), kept for the model."""
+        gaussian = self.compute(layer, d, z_above)
+        self._pending[layer] = (d, z_above, self._version(), gaussian)
+        return gaussian
+
+    def for_model(self, layer: int, d: Tensor, z_above: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """The guide's (μ, σ) for these very inputs, or None: the caller computes."""
+        pending = self._pending.pop(layer, None)
+        if pending is not None and pending[0] is d and pending[1] is z_above and pending[2] == self._version():
+            return pending[3]
+        return None

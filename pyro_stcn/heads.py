@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyro_stcn.precision import full_precision
+
 SCALE_MIN = 1e-3
 SCALE_MAX = 5.0
 
@@ -52,4 +54,5 @@ class GaussianHead(nn.Module):
         self.scale = mlp(in_dim, hidden, out_dim, layers)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        return self.loc(h), bounded_softplus(self.scale(h))
+        loc, raw = full_precision(self.loc(h), self.scale(h))  # float32 under bfloat16 autocast (pyro_stcn.precision)
+        return loc, bounded_softplus(raw)

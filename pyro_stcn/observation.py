@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from pyro_stcn.heads import mlp
 from pyro_stcn.likelihoods import make_likelihood
 from pyro_stcn.normalise import Standardisation
+from pyro_stcn.precision import full_precision, without_autocast
 
 
 class Observation(nn.Module):
@@ -30,7 +31,9 @@ class Observation(nn.Module):
 
     def forward(self, h: Tensor) -> dist.TorchDistribution:
         features = h if self.output is None else self.output(h)
-        return self.units.to_data_units(self.likelihood(features), like=h)
+        (features,) = full_precision(features)  # the likelihood in float32, even under autocast (pyro_stcn.precision)
+        with without_autocast(features.device.type):
+            return self.units.to_data_units(self.likelihood(features), like=features)
 
 
 def rename_old_observation_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:

@@ -72,7 +72,9 @@ class GatedBlock(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         inputs = x if cond is None else torch.cat([x, cond], dim=1)
-        return self.skip(x) + self.out(gated(self.conv(F.pad(inputs, (self.pad, 0)))))
+        if self.pad:  # F.pad copies even when it pads nothing (1x1, strided and transposed blocks)
+            inputs = F.pad(inputs, (self.pad, 0))
+        return self.skip(x) + self.out(gated(self.conv(inputs)))
 
     def empty_queue(self, batch: int) -> Tensor:
         """The past inputs a causal block needs, ``[batch, in + cond channels, pad]``:
