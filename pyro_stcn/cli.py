@@ -326,8 +326,8 @@ def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
 
 def add_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks: plain, cached vs uncached generation; `bench all` for every suite")
-    b.add_argument("--steps", type=int_list, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
-    b.add_argument("--num", type=int, default=1, help="sequences generated at once")
+    b.add_argument("--steps", type=positive_ints, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
+    b.add_argument("--num", type=lambda text: positive_ints(text)[0], default=1, help="sequences generated at once")
     suites = b.add_subparsers(dest="suite", metavar="{steps,scaling,generation,all}")
     helps = {
         "steps": "SVI step of STCN-dense and MS-STCN: Pyro against a hand-written PyTorch loss, as a ratio",
@@ -400,6 +400,14 @@ def int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,2,2, got {text!r}") from None
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: comma-separated positive integers."""
+    values = int_list(text)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:

@@ -401,3 +401,11 @@ def test_a_pickle_in_a_checkpoint_is_refused_in_one_line_without_the_unsafe_hint
     line = one_line(capsys.readouterr().err)
     assert f"{tmp_path / 'best.pt'} is not a pyro-stcn checkpoint: it holds Python objects" in line
     assert "weights_only=False" not in line and "pwned" not in line
+
+
+def test_bench_refuses_steps_that_are_not_positive(capsys):
+    from pyro_stcn import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--steps", "0"])
+    assert e.value.code == 2 and "--steps: expected positive integers, got '0'" in capsys.readouterr().err
