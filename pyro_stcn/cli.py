@@ -42,12 +42,12 @@ from pyro_stcn.data.wav import write_wav
 from pyro_stcn.elbo import OBJECTIVES
 from pyro_stcn.likelihoods import LIKELIHOODS
 from pyro_stcn.lock import hold
-from pyro_stcn.models import MS_STCN_LAYOUTS, PRIORS, STCNConfig
+from pyro_stcn.models import MS_STCN_LAYOUTS, PRIORS
 from pyro_stcn.plots import plot_kl_bars, plot_layer_kl, plot_losses, plot_ppc, plot_sequences, read_log
 from pyro_stcn.predictive import check_table, one_step_ahead, posterior_predictive_check
 from pyro_stcn.presets import PRESETS, apply_preset, as_flags
 from pyro_stcn.reference import independent_bernoulli_nll
-from pyro_stcn.registry import family_of, guide_names, make_model, model_names, printed_name
+from pyro_stcn.registry import family_of, guide_names, model_names, printed_name
 from pyro_stcn.train import Diverged, Interrupted
 
 
@@ -275,13 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     if args.suite:
         return bench_suite(args, device)
-    paper = PRESETS["iamondb-stcn-dense"]
-    config = STCNConfig(
-        x_dim=3, likelihood=paper["likelihood"], components=paper["components"], channels=paper["channels"][0],
-        blocks=paper["blocks"], z_dims=paper["z_dims"], hidden=paper["hidden"], output_layers=paper["output_layers"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = make_model("stcn-dense", config).to(device).eval()  # untrained: the weights do not change the cost
+    model = benchmark.stcn_dense_setup(device).model.eval()  # untrained: the weights do not change the cost
     size = sum(p.numel() for p in model.parameters())
     print(
         f"STCN-dense at paper 1's IAM-OnDB size ({size:,} parameters, receptive field "

@@ -102,9 +102,8 @@ def data_args(settings: dict, data: str) -> dict:
     """The loader options of data set ``data`` from the settings."""
     if data not in DATASETS and data not in FORMATS:
         raise ValueError(f"unknown data {data!r}; valid: {', '.join([*DATASETS, *FORMATS])}")
-    chosen = {
-        option: settings[name] for option, name in DATA_SETTINGS.items() if settings.get(name) not in (None, False)
-    }
+    present = given(settings, DATA_SETTINGS.values())  # a zero counts: 0 is not None
+    chosen = {option: present[name] for option, name in DATA_SETTINGS.items() if name in present}
     wrong = sorted(set(chosen) - OPTIONS.get(data, set()))
     if wrong:
         raise ValueError(f"{flag(DATA_SETTINGS[wrong[0]])} does not apply to --data {data}")

@@ -45,7 +45,6 @@ The parts. :func:`train` tells the story of a run; each part it calls does one t
   patience bookkeeping) and ``checkpoint`` (the one place a checkpoint is written).
 - :class:`_Clock` (the time budget), :class:`_Progress` (the bar) and :class:`_Log`
   (the CSV log, one row per step).
-
 - :class:`Loss`: the objective's loss for model and guide as a module, the one
   :class:`~torch.nn.parallel.DistributedDataParallel` wraps under torchrun.
 - :class:`_Board`: TensorBoard events (``tensorboard=True``): every log row's loss,
@@ -619,7 +618,6 @@ class _Board:
     def check_installed() -> None:
         if importlib.util.find_spec("tensorboard") is None:
             raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard")
-        return _Board
 
     def __init__(self, run_dir: Path, objective: LayerwiseELBO, modules: dict[str, nn.Module], data: Splits,
                  device: torch.device):  # fmt: skip

@@ -21,6 +21,7 @@ from pyro_stcn.guides.independent import IndependentGuide
 from pyro_stcn.heads import join
 from pyro_stcn.models import STCN
 from tests.conftest import ragged_batch, tiny_config
+from tests.test_elbo import _loss_and_grads
 
 FLOW_LAYERS = (0, 2)  # z_1 and z_3 through a flow, z_2 plain Gaussian: both KL paths in one objective
 
@@ -76,14 +77,6 @@ def _flow_setup():
 def _mixture_setup():
     model = MixturePriorSTCN(tiny_config())
     return model, LadderGuide(model)
-
-
-def _loss_and_grads(elbo, model, guide, x, mask, seed=3):
-    params = list(model.parameters()) + list(guide.parameters())
-    pyro.set_rng_seed(seed)
-    loss = elbo.differentiable_loss(model.model, guide, x, mask)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return loss.item(), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
 
 def _traces(model_fn, guide, x, mask, seed=3):

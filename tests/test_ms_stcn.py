@@ -2,7 +2,6 @@
 hand computation, the deterministic control, per-layer KL, and the shared passes."""
 
 import math
-import warnings
 
 import pyro
 import pytest
@@ -18,7 +17,7 @@ from pyro_stcn.evaluate import evaluate_elbo, sequence_terms
 from pyro_stcn.models import MS_STCN_LAYOUTS, MSSTCNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.registry import make_guide, make_model
-from tests.conftest import ragged_batch
+from tests.conftest import ragged_batch, traced
 
 STRIDES = [[1, 1, 1], [1, 2, 2], [2, 3, 1], [1, 2, 2, 2, 1], [1, 5, 5, 4, 1]]
 
@@ -102,12 +101,7 @@ def test_shapes_and_masks(strides, guide_name):
     guide = make_guide(guide_name, model)
     lengths = (130, 77, 9)
     x, mask = ragged_batch(lengths)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        guide_trace = poutine.trace(guide).get_trace(x, mask)
-        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
-        model_trace.compute_log_prob()
-        loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
+    guide_trace, model_trace, loss = traced(model, guide, x, mask)
     assert torch.isfinite(torch.tensor(loss))
     total = 1
     for s in strides:

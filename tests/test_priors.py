@@ -6,7 +6,6 @@ Monte Carlo KL, the ladder guides' refusal of a non-Gaussian prior, and old runs
 
 import dataclasses
 import math
-import warnings
 
 import pyro
 import pytest
@@ -20,7 +19,7 @@ from pyro_stcn.models import MSSTCNConfig, VRNNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.models.priors import PRIORS, DynamicPrior, MixturePrior, StandardPrior, make_prior
 from pyro_stcn.registry import make_guide, make_model
-from tests.conftest import ragged_batch, tiny_config
+from tests.conftest import ragged_batch, tiny_config, traced
 from tests.test_generation import _check_against_the_full_model
 
 MODELS = ["stcn", "stcn-dense", "ms-stcn", "vrnn"]
@@ -97,12 +96,7 @@ def test_site_shapes_and_masks(name, prior):
     model, guide = tiny(name, prior)
     lengths = (9, 6, 3)
     x, mask = ragged_batch(lengths)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        guide_trace = poutine.trace(guide).get_trace(x, mask)
-        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
-        model_trace.compute_log_prob()
-        loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
+    guide_trace, model_trace, loss = traced(model, guide, x, mask)
     assert math.isfinite(loss)
     nodes = model_trace.nodes.items()
     latents = [n for n, s in nodes if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)]
