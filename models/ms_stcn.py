@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample, start_sequences
+from pyro_stcn.generate import Draw, sample, sampler, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.masks import coarse_masks, pad_to_multiple, zero_padding
 from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
@@ -247,7 +247,7 @@ class MSSTCN(nn.Module):
         with batch_plate, time_plate:
             pyro.sample("x", self.observation(g0).mask(feats.mask), obs=feats.x)
 
-    @torch.no_grad()
+    @sampler
     def generate(
         self, num: int, steps: int, prime: Tensor | None = None, cached: bool = True, draw: Draw = sample
     ) -> Tensor:
@@ -299,22 +299,19 @@ class _BottomUpStepper:
     def __init__(self, net: MSSTCN, batch: int):
         self.net = net
         self.pending: list[list[Tensor]] = [[] for _ in net.bottom_up]
-        self.position = [0] * len(net.bottom_up)
-        self.queues = [[b.empty_queue(batch) for b in layer if b.down == 1] for layer in net.bottom_up]
+        self.causal = [[b.stepper(batch) for b in layer if b.down == 1] for layer in net.bottom_up]
         self.d = [next(net.parameters()).new_zeros(batch, ch) for ch in net.config.channels]
 
     def __call__(self, x: Tensor) -> list[Tensor]:
         h = x
         for l, layer in enumerate(self.net.bottom_up):
-            causal = list(layer)
             if layer[0].down > 1:
                 self.pending[l].append(h)
                 if len(self.pending[l]) < layer[0].down:
                     break  # this layer's block is not complete, nor any above it
                 h = layer[0](torch.stack(self.pending[l], dim=-1))[:, :, 0]
-                self.pending[l], causal = [], causal[1:]
-            for block, queue in zip(causal, self.queues[l]):
-                h = block.step(h, queue, self.position[l])
-            self.position[l] += 1
+                self.pending[l] = []
+            for block in self.causal[l]:
+                h = block(h)
             self.d[l] = h
         return list(self.d)

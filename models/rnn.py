@@ -17,12 +17,11 @@ References:
 from dataclasses import dataclass
 
 import pyro
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample, start_sequences
+from pyro_stcn.generate import Draw, sample, sampler, start_sequences
 from pyro_stcn.masks import zero_padding
 from pyro_stcn.normalise import standardisation
 from pyro_stcn.observation import Observation
@@ -66,7 +65,7 @@ class RNN(nn.Module):
         with pyro.plate("batch", batch, dim=-2), pyro.plate("time", time, dim=-1):
             pyro.sample("x", self.observe(h_prev).mask(mask), obs=zero_padding(x, mask))
 
-    @torch.no_grad()
+    @sampler
     def generate(self, num: int, steps: int, prime: Tensor | None = None, draw: Draw = sample) -> Tensor:
         """Samples ``[num, steps, x_dim]``, one LSTM step each, continuing ``prime [num, K,
         x_dim]`` if given; each x_t is ``draw("x", p(x_t | h_{t-1}))``."""

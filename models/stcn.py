@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, over_trunk, sample, start_sequences
+from pyro_stcn.generate import Draw, over_trunk, sample, sampler, start_sequences
 from pyro_stcn.handoff import FeatureHandoff, PriorHandoff
 from pyro_stcn.heads import join
 from pyro_stcn.masks import zero_padding
@@ -126,7 +126,7 @@ class STCN(nn.Module):
             zs = self.top_down(feats.d_prev, lambda name, prior: pyro.sample(name, prior.mask(mask)))
             pyro.sample("x", self.observation(zs).mask(mask), obs=zero_padding(x, mask))
 
-    @torch.no_grad()
+    @sampler
     def generate(
         self, num: int, steps: int, prime: Tensor | None = None, cached: bool = True, draw: Draw = sample
     ) -> Tensor:

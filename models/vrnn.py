@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample, start_sequences
+from pyro_stcn.generate import Draw, sample, sampler, start_sequences
 from pyro_stcn.handoff import FeatureHandoff
 from pyro_stcn.masks import zero_padding
 from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
@@ -152,7 +152,7 @@ class VRNN(nn.Module):
             with pyro.plate("time", time, dim=-1):
                 pyro.sample("x", self.observation(run.z, run.h_prev).mask(mask), obs=zero_padding(x, mask))
 
-    @torch.no_grad()
+    @sampler
     def generate(self, num: int, steps: int, prime: Tensor | None = None, draw: Draw = sample) -> Tensor:
         """Ancestral samples ``[num, steps, x_dim]``: z_t from the prior, then x_t, each
         value ``draw(name, distribution)``. With ``prime [num, K, x_dim]`` the first K

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, over_trunk, sample, start_sequences
+from pyro_stcn.generate import Draw, over_trunk, sample, sampler, start_sequences
 from pyro_stcn.masks import zero_padding
 from pyro_stcn.normalise import standardisation
 from pyro_stcn.observation import Observation
@@ -77,7 +77,7 @@ class WavenetModel(nn.Module):
         with pyro.plate("batch", batch, dim=-2), pyro.plate("time", time, dim=-1):
             pyro.sample("x", self.observation(d_prev).mask(mask), obs=zero_padding(x, mask))
 
-    @torch.no_grad()
+    @sampler
     def generate(
         self, num: int, steps: int, prime: Tensor | None = None, cached: bool = True, draw: Draw = sample
     ) -> Tensor:

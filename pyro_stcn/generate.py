@@ -8,8 +8,11 @@ authors' code does. A draw is ``draw(name, distribution)``; the default takes a 
 sample; tests record the draws, and a user can, for example, take the mean instead.
 """
 
+import functools
 from collections.abc import Callable
 
+import pyro
+import torch
 import torch.nn.functional as F
 from pyro.distributions import Distribution
 from torch import Tensor
@@ -23,6 +26,28 @@ Draw = Callable[[str, Distribution], Tensor]  # (site name, distribution) -> its
 def sample(name: str, distribution: Distribution) -> Tensor:
     """The default :data:`Draw`: a fresh sample."""
     return distribution.sample()
+
+
+def sampler(generate: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Decorates a model's ``generate``: no gradients, and no validation of the
+    distributions built at each step. Their parameters come from the model's own
+    networks, and at batch 1 checking them costs about a sixth of a step's operations
+    (measured on STCN-dense: 974 operations per step's latents and output with
+    validation, 829 without). The finished sequences are checked once instead: a model
+    that gives NaN or infinite parameters raises a ``ValueError`` as validation would."""
+
+    @functools.wraps(generate)
+    def without_checks(*args, **kwargs) -> Tensor:
+        with torch.no_grad(), pyro.validation_enabled(False):
+            x = generate(*args, **kwargs)
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                "the generated sequences hold NaN or infinite values: the model's networks give invalid "
+                "parameters (a diverged or corrupted run? look at its log.csv)"
+            )
+        return x
+
+    return without_checks
 
 
 def start_sequences(num: int, steps: int, x_dim: int, prime: Tensor | None, like: Tensor) -> tuple[Tensor, int]:
