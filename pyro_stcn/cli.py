@@ -439,6 +439,8 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--valid-every", type=int)
     t.add_argument("--valid-sequences", type=int, help="validate on the first N validation sequences only")
     t.add_argument("--crop", type=int, help="train on random windows of this many steps (long sequences)")
+    t.add_argument("--bf16", action="store_true", help="train the networks in bfloat16 (autocast; for GPUs with "
+                   "bfloat16 tensor cores); densities, the loss, validation and evaluation stay float32")  # fmt: skip
     t.add_argument("--channels", type=int_list, help="filters per layer (STCN: one width), e.g. 64 or 96,128,192")
     t.add_argument("--blocks", type=int, help="Wavenet blocks per layer (STCN: dilations 1..2^(K-1))")
     t.add_argument("--layers", type=int, help="Wavenet: feature levels L (default 4; from an STCN preset: its layers)")

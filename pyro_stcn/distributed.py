@@ -142,11 +142,12 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def mean(values: Sequence[float]) -> list[float]:
-    """The mean of each value over the ranks (the values themselves in a plain process)."""
+def mean(values: torch.Tensor) -> list[float]:
+    """The mean over the ranks of each element of ``values`` (a 1-dim tensor), as floats
+    in float64: one read from the device (the values themselves in a plain process)."""
     if not active():
-        return list(values)
-    total = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+        return values.double().tolist()
+    total = values.to(device=_collective_device(), dtype=torch.float64, copy=True)
     dist.all_reduce(total)
     return (total / size()).tolist()
 

@@ -27,8 +27,15 @@ per-step values, so free bits on such a site count per (batch, time) unit. See
 
 β and λ are plain attributes, set by the training loop from a schedule. After each
 evaluation ``self.kl`` holds the KL of each latent layer (nats, summed over batch,
-time and dimensions) from the last particle, for logging. A layer is a site, unless
-the model groups sites (one per step, as the VRNN's) with ``infer={"layer": name}``.
+time and dimensions) from the last particle, for logging: a detached 0-dim float64
+tensor per layer, on the device, so that recording it reads nothing back to the host
+(``float(...)`` it to print). A layer is a site, unless the model groups sites (one
+per step, as the VRNN's) with ``infer={"layer": name}``.
+
+:meth:`LayerwiseELBO.differentiable_loss` synchronises nothing with the device: its
+value and gradient are Pyro's, but the value stays a tensor (Pyro's reads the
+surrogate back to the host and tests it for NaN, twice per step). ``loss`` and
+``loss_and_grads`` are Pyro's, and return Python floats.
 
 References:
     [1] Aksan & Hilliges, "STCN", ICLR 2019.
@@ -147,7 +154,31 @@ class LayerwiseELBO(TraceMeanField_ELBO):
         """The term whose gradient stands in for ∇ Σ_i KL_i, from per-unit KLs."""
         return kl.sum()
 
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """The mean over particles of the true -ELBO as value, with the gradient of the
+        mean surrogate:
+
+            loss + (surrogate - sg(surrogate))        (sg = stop-gradient),
+
+        the value and gradient of ``Trace_ELBO.differentiable_loss``, to the bit, without
+        its host synchronisations (``torch_item`` and ``warn_if_nan``, which tests a
+        tensor in Python). The loss is averaged in float64, as Pyro's Python floats are.
+        So a NaN loss is not warned about here: the trainer's divergence guard counts it.
+        """
+        loss, surrogate = 0.0, 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss_particle, surrogate_particle = self._loss_and_surrogate(model_trace, guide_trace)
+            surrogate = surrogate + surrogate_particle / self.num_particles
+            loss = loss + loss_particle.double() / self.num_particles
+        return loss.to(surrogate.dtype) + (surrogate - surrogate.detach())
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
+        # Pyro's loss() and loss_and_grads() take the particle's loss as a float.
+        loss, surrogate = self._loss_and_surrogate(model_trace, guide_trace)
+        return torch_item(loss), surrogate
+
+    def _loss_and_surrogate(self, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+        """One particle's -ELBO (detached) and surrogate, and ``self.kl`` recorded."""
         log_lik, kl_total, kl_objective = 0.0, 0.0, 0.0
         self.kl = {}
         for name, model_site in model_trace.nodes.items():
@@ -160,7 +191,7 @@ class LayerwiseELBO(TraceMeanField_ELBO):
             kl = unit_kl(guide_site, model_site)
             kl_sum = guide_site["scale"] * kl.sum()
             layer = layer_of(model_site)
-            self.kl[layer] = self.kl.get(layer, 0.0) + torch_item(kl_sum)
+            self.kl[layer] = self.kl.get(layer, 0.0) + kl_sum.detach().double()
             kl_total = kl_total + kl_sum
             kl_objective = kl_objective + guide_site["scale"] * self.kl_surrogate(kl)
         for name, site in guide_trace.nodes.items():
@@ -168,7 +199,7 @@ class LayerwiseELBO(TraceMeanField_ELBO):
                 raise ValueError(f"guide site {name!r} has no matching model site")
         loss = -(log_lik - kl_total)
         surrogate = -(log_lik - kl_objective)
-        return torch_item(loss), surrogate
+        return loss.detach(), surrogate
 
 
 class AnnealedELBO(LayerwiseELBO):
@@ -256,7 +287,7 @@ class ImportanceWeightedELBO(LayerwiseELBO):
                 f"(vectorized particles), which this model cannot: {e}"
             ) from None
 
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
+    def _loss_and_surrogate(self, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and not site["fn"].has_rsample:
                 raise ValueError(f"guide site {name!r}: the importance-weighted objective needs reparameterised draws")
@@ -269,9 +300,9 @@ class ImportanceWeightedELBO(LayerwiseELBO):
             if model_site["type"] == "sample" and not model_site["is_observed"]:
                 kl = guide_trace.nodes[name]["scale"] * unit_kl(guide_trace.nodes[name], model_site).sum()
                 layer = layer_of(model_site)
-                self.kl[layer] = self.kl.get(layer, 0.0) + torch_item(kl) / particles
+                self.kl[layer] = self.kl.get(layer, 0.0) + kl.detach().double() / particles
         # Pyro divides each trace's terms by num_particles, and this one trace holds all K.
-        return -torch_item(log_w.sum()), -particles * bound
+        return -log_w.sum().detach(), -particles * bound
 
 
 OBJECTIVES = {

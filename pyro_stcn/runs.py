@@ -61,7 +61,8 @@ RUN_DEFAULTS = {
 IW_SAMPLES = 5  # --objective iwae: draws of each step's latents
 # Sized for the default run: digits on 2 CPU cores in under 5 minutes.
 DEFAULT_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
-TRAIN_SETTINGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "valid_sequences", "crop", "budget"]
+TRAIN_SETTINGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "valid_sequences", "crop", "budget",
+                  "bf16"]  # fmt: skip
 DATA_SETTINGS = {"fw": "fw", "directory": "data_dir", "binarise": "binarise", "dequantise": "dequantise"}
 DATA_SETTINGS |= {"split_lists": "split_lists"}  # a loader's option -> the setting that gives it
 

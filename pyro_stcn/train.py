@@ -7,6 +7,13 @@ the objective's surrogate as gradient), divides it by the batch size, and takes 
 Adam step after clipping the global gradient norm. The parameters are those of the
 modules passed in, so nothing depends on Pyro's global param store.
 
+A step reads the device once: the loss, the gradient norm and the KL of each layer
+come back to the host together, for the log and the divergence guard (the loss and
+the objective's KLs stay tensors until then; Pyro's validation, whose checks read
+the device, is on for the first step of each process only). So on a GPU the host
+queues the next step's work while the current one runs. ``config.bf16`` computes
+the step's loss with the networks in bfloat16 (:mod:`pyro_stcn.precision`).
+
 With a ``budget`` of seconds, training also stops when that much wall-clock time has
 passed (validations included, the time before a resumption too), after a last
 validation; ``run.py compare`` trains every model for the same budget.
@@ -63,6 +70,7 @@ loop. :data:`TEST_HOOKS` (the ``PYRO_STCN_TEST_HOOKS`` variable) lets the tests 
 NaN, a signal or a ``kill -9`` at a chosen step, so that their timing is exact.
 """
 
+import contextlib
 import csv
 import importlib.util
 import io
@@ -88,6 +96,7 @@ from pyro_stcn.data.batching import Splits, shuffled_batches
 from pyro_stcn.elbo import LayerwiseELBO
 from pyro_stcn.evaluate import evaluate_elbo
 from pyro_stcn.plots import plot_sequences
+from pyro_stcn.precision import network_autocast
 
 
 @dataclass
@@ -105,6 +114,7 @@ class TrainConfig:
     seed: int = 0
     crop: int | None = None  # train on random windows of this many steps (evaluation sees whole sequences)
     budget: float | None = None  # stop after this many seconds of training, validations included
+    bf16: bool = False  # the training step's networks in bfloat16 (precision.network_autocast); evaluation in float32
 
 
 @dataclass
@@ -256,7 +266,10 @@ def train(
     ``run_dir/last.pt`` exists the run resumes from it. ``tensorboard`` also writes
     TensorBoard events to ``run_dir`` (needs the ``tensorboard`` package);
     ``checkpoint_every`` seconds also writes ``last.pt`` that often. In a process
-    group (``torchrun``), each rank trains on its shard of every batch.
+    group (``torchrun``), each rank trains on its shard of every batch. With
+    ``config.bf16`` each step's loss is computed with the networks in bfloat16
+    (:func:`pyro_stcn.precision.network_autocast`; its densities in float32);
+    validation is float32 always.
 
     Raises :class:`Interrupted` after SIGTERM or SIGINT (``last.pt`` written) and
     :class:`Diverged` when training diverges (the last good checkpoints kept).
@@ -266,6 +279,7 @@ def train(
         raise ValueError(f"--checkpoint-every must be a positive number of minutes, got {checkpoint_every / 60:g}")
     if tensorboard:
         _Board.check_installed()
+    _check_device(config, torch.device(device))
     run = _Run(model, guide, modules, objective, config, Path(run_dir), schedules or {}, torch.device(device),
                run_config or {})  # fmt: skip
     pyro.set_rng_seed(config.seed)
@@ -330,6 +344,11 @@ def _check(config: TrainConfig) -> None:
     distributed.check_batch(config.batch_size)
 
 
+def _check_device(config: TrainConfig, device: torch.device) -> None:
+    if config.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"--bf16: {torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; train without it")
+
+
 class _Clock:
     """Seconds of training, counting those spent before a resumption, against the budget.
     In a process group the decision is rank 0's, broadcast: the ranks' clocks differ."""
@@ -364,6 +383,7 @@ class _Run:
     optimizer: torch.optim.Adam = field(init=False)
     scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
     guard: _Guard = field(default_factory=_Guard)
+    checked: bool = field(default=False, init=False)  # whether a step of this process has run with Pyro's validation
 
     def __post_init__(self) -> None:
         if distributed.is_main():
@@ -408,7 +428,8 @@ class _Run:
         returns its log row, the loss and KLs per sequence. In a process group the step
         is on this rank's shard, its noise drawn from (seed, step, rank), and the row's
         figures are the means over ranks: those of the global batch. A loss or gradient
-        norm that is not finite (on any rank: the means are not then) makes no update."""
+        norm that is not finite (on any rank: the means are not then) makes no update.
+        The figures come to the host in one transfer, the step's only one."""
         for attr, schedule in self.schedules.items():
             setattr(self.objective, attr, schedule(state.step))
         if distributed.active():
@@ -416,21 +437,24 @@ class _Run:
         x, mask = (t.to(self.device) for t in distributed.shard(batch))
         with warnings.catch_warnings():  # Pyro's "Encountered NaN": the guard below counts such steps
             warnings.filterwarnings("ignore", message="Encountered NaN")
-            loss = self.loss(x, mask)
+            with self._checks(), network_autocast(self.device, self.config.bf16):
+                loss = self.loss(x, mask)
             if TEST_HOOKS.at("nan", state.step + 1):
                 loss = loss * math.nan
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # in DDP: the gradients all-reduced to their mean over ranks
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
         TEST_HOOKS.during_step(state.step + 1)
-        kl = self.objective.kl
+        kl = self.objective.kl  # detached 0-dim tensors on the device
         figures = {
-            "loss": loss.item(),
-            "kl": sum(kl.values()) / len(x),
+            "loss": loss.detach(),
+            "kl": sum(kl.values(), torch.zeros((), dtype=torch.float64, device=loss.device)) / len(x),
             **{f"kl_{name}": value / len(x) for name, value in sorted(kl.items())},
-            "norm": norm.item(),
+            "norm": norm,
         }
-        figures = dict(zip(figures, distributed.mean(list(figures.values()))))
+        # the step's one read from the device: everything logged and decided on, at once
+        values = distributed.mean(torch.stack([value.double() for value in figures.values()]))
+        figures = dict(zip(figures, values))
         finite = math.isfinite(figures["loss"]) and math.isfinite(figures.pop("norm"))
         if finite:
             self.optimizer.step()
@@ -439,6 +463,19 @@ class _Run:
         self.guard.count(finite)
         return {"step": state.step, "loss": figures.pop("loss"), "kl": figures.pop("kl"),
                 "lr": self.optimizer.param_groups[0]["lr"], "skipped": self.guard.skipped, **figures}  # fmt: skip
+
+    def _checks(self) -> contextlib.AbstractContextManager:
+        """Pyro's validation as set, for the first step of this process; off after it.
+
+        Its checks (a distribution's arguments within their constraints, a batch's mask
+        and finiteness, NaN log-densities) each read a value back from the device: a
+        host synchronisation apiece. The first step keeps them, so that a model's or a
+        batch's mistake still fails at once with its message; a parameter that turns
+        NaN later gives a NaN loss, which the divergence guard counts."""
+        if self.checked:
+            return pyro.validation_enabled(False)
+        self.checked = True
+        return contextlib.nullcontext()
 
     def guard_check(self, state: TrainState) -> None:
         """Raise :class:`Diverged` after :data:`MAX_SKIPPED_IN_A_ROW` non-finite steps in a row."""

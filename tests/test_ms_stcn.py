@@ -223,8 +223,8 @@ def test_per_layer_kl_adds_up_to_the_elbo():
     log_lik, kl = sequence_terms(model.model, guide, x, mask)
     assert set(kl) == {"z_1", "z_2", "z_3"}
     for name in kl:
-        assert kl[name].sum().item() == pytest.approx(elbo.kl[name], rel=1e-5)
-    assert loss == pytest.approx(-log_lik.sum().item() + sum(elbo.kl.values()), rel=1e-5)
+        assert kl[name].sum().item() == pytest.approx(float(elbo.kl[name]), rel=1e-5)
+    assert loss == pytest.approx(-log_lik.sum().item() + sum(map(float, elbo.kl.values())), rel=1e-5)
     # evaluate's figures in nats per sequence are these KLs, averaged over sequences
     sequences = [x[i, : int(mask[i].sum())] for i in range(3)]
     report = evaluate_elbo(model.model, guide, sequences, seed=3)

@@ -1,6 +1,9 @@
 """Opt-in bfloat16 autocast: the networks narrow, every density and the loss float32."""
 
+import csv
 import dataclasses
+import json
+import math
 
 import pyro
 import pytest
@@ -11,6 +14,7 @@ from pyro_stcn.elbo import LayerwiseELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS
 from pyro_stcn.precision import network_autocast
 from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.train import TrainConfig
 from tests.conftest import ragged_batch, tiny_config
 
 
@@ -63,3 +67,62 @@ def test_disabled_autocast_changes_nothing():
         torch.manual_seed(0)
         assert LayerwiseELBO().differentiable_loss(model.model, guide, x, mask).item() == plain.item()
     pyro.clear_param_store()
+
+
+# -- --bf16: training steps under network_autocast ------------------------------------
+
+TINY = {"steps": 3, "valid_every": 3, "channels": [8], "hidden": 8, "z_dims": [4, 2], "blocks": 2, "batch_size": 16,
+        "valid_sequences": 20}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from pyro_stcn.data import load_digits_splits
+
+    return load_digits_splits()
+
+
+def _train(run_dir, digits, **settings):
+    from pyro_stcn import runs
+
+    run_config, data = runs.new_run_config({**TINY, **settings}, data=digits)
+    model, guide = runs.start_run(run_config, run_dir)
+    runs.train_run(run_config, model, guide, data, run_dir, progress=False)
+    return model, guide
+
+
+def _losses(run_dir) -> list[float]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def test_a_bf16_run_trains_with_float32_parameters_close_to_a_float32_run(digits, tmp_path):
+    model, guide = _train(tmp_path / "bf16", digits, bf16=True)
+    _train(tmp_path / "fp32", digits)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["train"]["bf16"] is True
+    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["train"]["bf16"] is False
+    assert all(p.dtype == torch.float32 for m in (model, guide) for p in m.parameters())
+    narrow, full = _losses(tmp_path / "bf16"), _losses(tmp_path / "fp32")
+    assert len(narrow) == 3 and all(math.isfinite(loss) for loss in narrow)
+    # the same weights and draws at step 1: only the networks' rounding differs
+    assert narrow[0] != full[0] and narrow[0] == pytest.approx(full[0], rel=0.01)
+
+
+def test_the_bf16_flag_reaches_the_run_config():
+    from pyro_stcn import cli
+
+    args = cli.parser().parse_args(["train", "--bf16"])
+    assert args.bf16 is True and cli.parser().parse_args(["train"]).bf16 is False
+
+
+def test_a_config_from_before_bf16_resumes_in_float32(digits, tmp_path):
+    from pyro_stcn import runs
+
+    _train(tmp_path, digits)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["train"]["bf16"]  # as older versions wrote it
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    run_config, model, guide = runs.resume_run(tmp_path, steps=4)
+    result = runs.train_run(run_config, model, guide, runs.load_data(run_config), tmp_path, progress=False)
+    assert result.last_step == 4 and TrainConfig(**run_config["train"]).bf16 is False
+    assert len(_losses(tmp_path)) == 4 and math.isfinite(_losses(tmp_path)[-1])
