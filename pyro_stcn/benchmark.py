@@ -6,7 +6,9 @@ once, in turn), so that load from other processes falls on all of them alike.
 
 - :func:`step_ratio`: one SVI step (zero_grad, the objective's loss, backward) of a
   model and guide against the same networks under a hand-written loss
-  (:mod:`pyro_stcn.reference_loss`: trunk once, prior once, analytic KL).
+  (:mod:`pyro_stcn.reference_loss`: trunk once, prior once, analytic KL). Both run
+  with Pyro's validation off, as the trainer's steps do after its first
+  (:mod:`pyro_stcn.train`).
 - :func:`step_scaling`: step time and memory at T, 2T and 4T. Memory is the peak
   allocated on CUDA; on the CPU, which has no allocator statistics, the bytes of the
   distinct storages autograd holds for backward (activations and weights), which is
@@ -22,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pyro
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -120,7 +123,7 @@ class Setup:
         def step() -> float:
             for p in params:
                 p.grad = None
-            with network_autocast(x.device, self.bf16):
+            with pyro.validation_enabled(False), network_autocast(x.device, self.bf16):
                 loss = self.objective.differentiable_loss(self.model.model, self.guide, x, mask) / len(x)
             loss.backward()
             return loss
@@ -134,7 +137,7 @@ class Setup:
         def step() -> float:
             for p in params:
                 p.grad = None
-            with network_autocast(x.device, self.bf16):
+            with pyro.validation_enabled(False), network_autocast(x.device, self.bf16):
                 value, surrogate = self.reference(self.model, self.guide, self.objective, x, mask)
             (surrogate / len(x)).backward()
             return value
