@@ -153,3 +153,27 @@ def test_primed_generation_keeps_the_prime_and_continues_it(kind):
     assert not torch.allclose(a[:, 5:], b[:, 5:])
     with pytest.raises(ValueError, match="prime has 5 steps, more than the 4 to generate|K <= 4 steps"):
         model.generate(2, 4, prime=prime)
+
+
+@pytest.mark.parametrize("name", ["stcn-dense", "ms-stcn", "wavenet", "vrnn"])
+def test_a_model_with_nan_weights_cannot_generate_silently(name):
+    """The samplers build their distributions without validation; the weights are
+    checked instead, with an error that names the parameter."""
+    from tests.test_baselines import tiny
+
+    builders = {"stcn-dense": lambda: _stcn(name, "gmm", 4), "ms-stcn": lambda: _ms_stcn([1, 2, 2])}
+    model = builders.get(name, lambda: tiny(name)[0])()
+    model.generate(2, 6)  # finite weights: fine
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"parameter \S+ holds NaN or infinite values, so the model cannot generate"):
+        model.generate(2, 6)
+
+
+def test_a_nan_prime_cannot_generate_silently():
+    model = _stcn("stcn-dense", "gmm", 4)
+    prime = torch.randn(2, 5, 4)
+    prime[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"prime holds NaN or infinite values \(sequence 1, step 2\)"):
+        model.generate(2, 9, prime=prime)
