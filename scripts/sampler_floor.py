@@ -1,0 +1,96 @@
+"""Where the cached sampler's trunk time goes at batch 1: the trunk's step against the same
+matrix products alone, one product over the same weights, and one over all the model's
+weights (``bench generation``'s floor). Interleaved medians, per generated step.
+
+    python scripts/sampler_floor.py [--threads N] [--compile]
+
+``--compile`` also times the blocks' arithmetic compiled by ``torch.compile`` (inductor),
+the ring buffers' reads and writes left in eager mode (their slot depends on the step).
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from pyro_stcn.benchmark import interleaved, stcn_dense_setup
+from pyro_stcn.wavenet import gated
+
+STEPS = 50  # generated steps per timed call
+
+
+def blocks_at_one_position(blocks, sizes):
+    """Every block's arithmetic at one position, as :class:`BlockStepper` does it, given
+    each block's past input: returns d per layer and each block's input."""
+
+    def run(x, taps):
+        d, inputs, i = [], [], 0
+        for n in sizes:
+            for _ in range(n):
+                b = blocks[i]
+                inputs.append(x)
+                a = torch.addmm(b.conv_bias, torch.stack([taps[i], x], dim=-1).flatten(1), b.conv_weight)
+                skip = x if b.res is None else torch.addmm(b.res[1], x, b.res[0])
+                x = skip + torch.addmm(b.out_bias, gated(a), b.out_weight)
+                i += 1
+            d.append(x)
+        return d, inputs
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = stcn_dense_setup(torch.device("cpu")).model.eval()
+    stepper = model.trunk.stepper(1)
+    blocks = [b for group in stepper.groups for b in group]
+    x = torch.zeros(1, 3)
+    products = [(b.conv_weight, b.conv_bias) for b in blocks] + [(b.out_weight, b.out_bias) for b in blocks]
+    products += [(b.res[0], b.res[1]) for b in blocks if b.res is not None]
+    inputs = {w.shape[0]: torch.randn(1, w.shape[0]) for w, _ in products}
+    trunk_weights = sum(w.numel() for w, _ in products)
+    all_weights = sum(p.numel() for name, p in model.named_parameters() if name.endswith("weight"))
+    same = torch.randn(trunk_weights // 1024, 1024)
+    every = torch.randn(all_weights // 1024, 1024)
+    v = torch.randn(1, 1024)
+    contenders = {
+        "trunk step (BlockStepper)": lambda: [stepper(x) for _ in range(STEPS)],
+        f"its {len(products)} matrix products alone": lambda: [
+            [torch.addmm(b, inputs[w.shape[0]], w) for w, b in products] for _ in range(STEPS)
+        ],
+        f"one product over the same {trunk_weights / 1e6:.1f}M weights": lambda: [
+            F.linear(v, same) for _ in range(STEPS)
+        ],
+        f"floor: one product over all {all_weights / 1e6:.1f}M weights": lambda: [
+            F.linear(v, every) for _ in range(STEPS)
+        ],
+    }
+    if args.compile:
+        compiled = torch.compile(blocks_at_one_position(blocks, [len(g) for g in stepper.groups]), fullgraph=True)
+        position = [0]
+
+        def compiled_step():
+            p = position[0]
+            d, written = compiled(x, [b.queue[(p - b.dilation) % b.pad] for b in blocks])
+            for b, value in zip(blocks, written):
+                b.queue[p % b.pad] = value
+            position[0] = p + 1
+            return d
+
+        contenders["trunk step, blocks compiled"] = lambda: [compiled_step() for _ in range(STEPS)]
+    with torch.no_grad():
+        times = interleaved(contenders, repeats=5)
+    floor = times[list(contenders)[3]]
+    print(f"STCN-dense at paper 1's IAM-OnDB size, batch 1, CPU, {args.threads} threads; per generated step:")
+    print("| what | ms | ÷ floor |")
+    print("|---|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {1e3 * seconds / STEPS:.2f} | {seconds / floor:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
