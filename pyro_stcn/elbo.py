@@ -164,6 +164,9 @@ class LayerwiseELBO(TraceMeanField_ELBO):
         its host synchronisations (``torch_item`` and ``warn_if_nan``, which tests a
         tensor in Python). The loss is averaged in float64, as Pyro's Python floats are.
         So a NaN loss is not warned about here: the trainer's divergence guard counts it.
+        It calls :meth:`_loss_and_surrogate`, not Pyro's ``_differentiable_loss_particle``
+        hook (which ``loss`` and ``loss_and_grads`` still use): a subclass changes the
+        objective through :meth:`kl_surrogate` or :meth:`_loss_and_surrogate`.
         """
         loss, surrogate = 0.0, 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):

@@ -29,26 +29,33 @@ def sample(name: str, distribution: Distribution) -> Tensor:
 
 
 def sampler(generate: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Decorates a model's ``generate(self, ...)``: no gradients, and no validation of
-    the distributions built at each step. Their parameters come from the model's own
-    networks, and at batch 1 checking them costs about a sixth of a step's operations
-    (measured on STCN-dense: 974 operator calls per step's latents and output with
-    validation, 829 without). Checked once instead, with a ``ValueError``: the model's
-    weights before (a NaN weight would otherwise fail deep inside a sampler), and the
-    finished sequences after."""
+    """Decorates a model's ``generate(self, ...)``: no gradients, and Pyro's validation
+    off while it runs (whatever the caller set, a custom ``draw`` included). The
+    distributions built at each step get their parameters from the model's own networks,
+    and at batch 1 checking them costs about a sixth of a step's operations (measured on
+    STCN-dense: 974 operator calls per step's latents and output with validation, 829
+    without). What validation caught is checked instead, each time with a
+    ``ValueError``: the weights before (one read from the device; the error names the
+    parameter), the prime in :func:`start_sequences`, and outputs that overflow, during
+    (torch refuses such parameters when it samples) or after (non-finite sequences)."""
 
     @functools.wraps(generate)
     def without_checks(model: torch.nn.Module, *args, **kwargs) -> Tensor:
-        for name, p in model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise ValueError(
-                    f"parameter {name} holds NaN or infinite values, so the model cannot generate "
-                    "(a diverged or corrupted run? look at its log.csv)"
-                )
-        with torch.no_grad(), pyro.validation_enabled(False):
-            x = generate(model, *args, **kwargs)
+        names, weights = zip(*model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in weights]).tolist()
+        if not all(finite):
+            raise ValueError(
+                f"parameter {names[finite.index(False)]} holds NaN or infinite values, so the model cannot generate "
+                "(a diverged or corrupted run? look at its log.csv)"
+            )
+        overflowed = "the model's outputs overflowed: its networks gave invalid distribution parameters"
+        try:
+            with torch.no_grad(), pyro.validation_enabled(False):
+                x = generate(model, *args, **kwargs)
+        except RuntimeError as e:  # e.g. torch.normal refusing a NaN scale
+            raise ValueError(f"{overflowed} ({e})") from e
         if not torch.isfinite(x).all():
-            raise ValueError("the generated sequences hold NaN or infinite values: the model's outputs overflowed")
+            raise ValueError(f"{overflowed}: the generated sequences hold NaN or infinite values")
         return x
 
     return without_checks

@@ -275,6 +275,7 @@ def train(
     :class:`Diverged` when training diverges (the last good checkpoints kept).
     """
     _check(config)
+    _check_finite(data)
     if checkpoint_every is not None and not 0 < checkpoint_every < math.inf:
         raise ValueError(f"--checkpoint-every must be a positive number of minutes, got {checkpoint_every / 60:g}")
     if tensorboard:
@@ -342,6 +343,16 @@ def _check(config: TrainConfig) -> None:
     if config.valid_sequences is not None and config.valid_sequences < 1:
         raise ValueError(f"valid_sequences must be positive, got {config.valid_sequences}")
     distributed.check_batch(config.batch_size)
+
+
+def _check_finite(data: Splits) -> None:
+    """Every training sequence finite, checked once here on the host: the steps after
+    the first run without Pyro's validation, where a NaN batch would only be a skipped
+    step (the command line's loaders check this too; data from Python may not be)."""
+    for i, x in enumerate(data.train):
+        if not torch.isfinite(x).all():
+            step = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[0])
+            raise ValueError(f"training sequence {i} holds NaN or infinite values (step {step}); data must be finite")
 
 
 def _check_device(config: TrainConfig, device: torch.device) -> None:

@@ -52,6 +52,10 @@ def test_baselines_train_and_sample_on_cuda(name):
     assert samples.device.type == "cuda" and samples.shape == (2, 20, 2)
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(including_emulation=False),
+    reason="no CUDA device with bfloat16 arithmetic",
+)
 def test_a_bf16_training_run_on_cuda_learns(tmp_path):
     """``--bf16`` end to end on the GPU: losses finite and falling, parameters float32."""
     from pyro_stcn import runs

@@ -1,6 +1,8 @@
 """Fast generation: the cached samplers equal the networks rerun at every step, and
 every generated step follows the full Pyro model's conditionals."""
 
+import re
+
 import pytest
 import torch
 from pyro import poutine
@@ -164,10 +166,24 @@ def test_a_model_with_nan_weights_cannot_generate_silently(name):
     builders = {"stcn-dense": lambda: _stcn(name, "gmm", 4), "ms-stcn": lambda: _ms_stcn([1, 2, 2])}
     model = builders.get(name, lambda: tiny(name)[0])()
     model.generate(2, 6)  # finite weights: fine
+    name, weight = list(model.named_parameters())[-1]
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=re.escape(f"parameter {name} holds NaN or infinite values, so the model")):
+        model.generate(2, 6)
+
+
+@pytest.mark.parametrize("name", ["stcn-dense", "ms-stcn"])
+def test_a_model_whose_outputs_overflow_cannot_generate_silently(name):
+    """Finite weights so large that the networks' outputs overflow: torch refuses the
+    parameters while sampling, or the sequences come out non-finite; either way a
+    ValueError that says so."""
+    model = _stcn(name, "gmm", 4) if name == "stcn-dense" else _ms_stcn([1, 2, 2])
     with torch.no_grad():
         for p in model.parameters():
-            p.fill_(float("nan"))
-    with pytest.raises(ValueError, match=r"parameter \S+ holds NaN or infinite values, so the model cannot generate"):
+            p.mul_(1e19)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="the model's outputs overflowed"):
         model.generate(2, 6)
 
 

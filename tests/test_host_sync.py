@@ -125,3 +125,23 @@ def test_a_cuda_training_step_synchronises_only_to_log(objective, monkeypatch):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(torch.tensor(row["loss"])) and row["skipped"] == 0
+
+
+def test_training_data_with_a_nan_is_refused_before_the_first_step(tmp_path):
+    """Steps after the first skip validation's checks, so the trainer checks the whole
+    training split once, up front, for data passed in from Python."""
+    import dataclasses
+
+    from pyro_stcn import runs
+    from pyro_stcn.data import load_digits_splits
+
+    digits = load_digits_splits()
+    train = list(digits.train)
+    train[1] = train[1].clone()
+    train[1][3, 0] = float("nan")
+    settings = {"steps": 2, "valid_every": 2, "channels": [8], "hidden": 8, "z_dims": [4, 2], "blocks": 2}
+    run_config, data = runs.new_run_config(settings, data=dataclasses.replace(digits, train=train))
+    model, guide = runs.start_run(run_config, tmp_path)
+    with pytest.raises(ValueError, match=r"training sequence 1 holds NaN or infinite values \(step 3\)"):
+        runs.train_run(run_config, model, guide, data, tmp_path, progress=False)
+    assert not (tmp_path / "last.pt").exists()

@@ -108,11 +108,13 @@ def test_a_bf16_run_trains_with_float32_parameters_close_to_a_float32_run(digits
     assert narrow[0] != full[0] and narrow[0] == pytest.approx(full[0], rel=0.01)
 
 
-def test_the_bf16_flag_reaches_the_run_config():
-    from pyro_stcn import cli
+def test_the_bf16_flag_reaches_the_run_config(digits):
+    from pyro_stcn import cli, runs
 
-    args = cli.parser().parse_args(["train", "--bf16"])
-    assert args.bf16 is True and cli.parser().parse_args(["train"]).bf16 is False
+    for argv, expected in ((["train", "--bf16"], True), (["train"], False)):
+        settings = cli.settings_of(cli.parser().parse_args(argv), quiet=True)
+        run_config, _ = runs.new_run_config(settings, data=digits)
+        assert run_config["train"]["bf16"] is expected
 
 
 def test_a_config_from_before_bf16_resumes_in_float32(digits, tmp_path):
