@@ -1,6 +1,6 @@
-"""Where the cached sampler's trunk time goes at batch 1: the trunk's step against the same
-matrix products alone, one product over the same weights, and one over all the model's
-weights (``bench generation``'s floor). Interleaved medians, per generated step.
+"""Where the cached sampler's time goes at batch 1: a whole generated step, the trunk's
+step, the same matrix products alone, one product over the same weights, and one over all
+the model's weights (``bench generation``'s floor). Interleaved medians, per step.
 
     python scripts/sampler_floor.py [--threads N] [--compile]
 
@@ -58,6 +58,7 @@ def main() -> None:
     every = torch.randn(all_weights // 1024, 1024)
     v = torch.randn(1, 1024)
     contenders = {
+        "whole generated step (cached)": lambda: model.generate(1, STEPS),
         "trunk step (BlockStepper)": lambda: [stepper(x) for _ in range(STEPS)],
         f"its {len(products)} matrix products alone": lambda: [
             [torch.addmm(b, inputs[w.shape[0]], w) for w, b in products] for _ in range(STEPS)
@@ -84,7 +85,7 @@ def main() -> None:
         contenders["trunk step, blocks compiled"] = lambda: [compiled_step() for _ in range(STEPS)]
     with torch.no_grad():
         times = interleaved(contenders, repeats=5)
-    floor = times[list(contenders)[3]]
+    floor = times[list(contenders)[4]]
     print(f"STCN-dense at paper 1's IAM-OnDB size, batch 1, CPU, {args.threads} threads; per generated step:")
     print("| what | ms | ÷ floor |")
     print("|---|---|---|")
