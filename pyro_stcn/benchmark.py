@@ -116,29 +116,30 @@ class Setup:
         x[..., 2] = (torch.rand(batch_size, length, generator=g) < 0.1).float()
         return x.to(device), torch.ones(batch_size, length, dtype=torch.bool, device=device)
 
-    def pyro_step(self, x: Tensor, mask: Tensor) -> Callable[[], float]:
-        """One step through Pyro: the objective's differentiable loss per sequence."""
-        params = [*self.model.parameters(), *self.guide.parameters()]
+    def pyro_step(self, x: Tensor, mask: Tensor) -> Callable[[], Tensor]:
+        """One step through Pyro: the objective's differentiable loss."""
 
-        def step() -> float:
-            for p in params:
-                p.grad = None
-            with pyro.validation_enabled(False), network_autocast(x.device, self.bf16):
-                loss = self.objective.differentiable_loss(self.model.model, self.guide, x, mask) / len(x)
-            loss.backward()
-            return loss
+        def loss() -> tuple[Tensor, Tensor]:
+            value = self.objective.differentiable_loss(self.model.model, self.guide, x, mask)
+            return value, value
 
-        return step
+        return self._step(loss, x)
 
-    def reference_step(self, x: Tensor, mask: Tensor) -> Callable[[], float]:
+    def reference_step(self, x: Tensor, mask: Tensor) -> Callable[[], Tensor]:
         """The same step by the hand-written loss."""
+        return self._step(lambda: self.reference(self.model, self.guide, self.objective, x, mask), x)
+
+    def _step(self, loss: Callable[[], tuple[Tensor, Tensor]], x: Tensor) -> Callable[[], Tensor]:
+        """zero_grad, ``loss()`` -> (value, surrogate) with Pyro's validation off (as the
+        trainer's steps after its first) and the networks in bfloat16 if ``bf16``, then
+        backward of the surrogate per sequence; the step returns the value."""
         params = [*self.model.parameters(), *self.guide.parameters()]
 
-        def step() -> float:
+        def step() -> Tensor:
             for p in params:
                 p.grad = None
             with pyro.validation_enabled(False), network_autocast(x.device, self.bf16):
-                value, surrogate = self.reference(self.model, self.guide, self.objective, x, mask)
+                value, surrogate = loss()
             (surrogate / len(x)).backward()
             return value
 

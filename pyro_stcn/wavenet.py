@@ -108,12 +108,19 @@ class BlockStepper:
     def __call__(self, x: Tensor) -> Tensor:
         """The block's output at the next position from its input there, ``x [batch,
         channels]``: one ``[batch, channels]``."""
-        p, inputs = self.position, x
+        p = self.position
+        taps = [self.queue[(p - j * self.dilation) % self.pad] for j in range(self.kernel - 1, 0, -1)]
+        y = self.output(x, taps)
         if self.pad:
-            taps = [self.queue[(p - j * self.dilation) % self.pad] for j in range(self.kernel - 1, 0, -1)]
-            inputs = torch.stack([*taps, x], dim=-1).flatten(1)
             self.queue[p % self.pad] = x  # after reading: that slot held position p - pad
         self.position = p + 1
+        return y
+
+    def output(self, x: Tensor, taps: list[Tensor]) -> Tensor:
+        """The block's output from its input ``x [batch, channels]`` and the ``kernel - 1``
+        past inputs its convolution reads, oldest first: the arithmetic of a step, without
+        the queue (whose slot depends on the position)."""
+        inputs = torch.stack([*taps, x], dim=-1).flatten(1) if taps else x
         a = torch.addmm(self.conv_bias, inputs, self.conv_weight)
         skip = x if self.res is None else torch.addmm(self.res[1], x, self.res[0])
         return skip + torch.addmm(self.out_bias, gated(a), self.out_weight)

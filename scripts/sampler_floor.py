@@ -14,24 +14,20 @@ import torch
 import torch.nn.functional as F
 
 from pyro_stcn.benchmark import interleaved, stcn_dense_setup
-from pyro_stcn.wavenet import gated
 
 STEPS = 50  # generated steps per timed call
 
 
 def blocks_at_one_position(blocks, sizes):
-    """Every block's arithmetic at one position, as :class:`BlockStepper` does it, given
-    each block's past input: returns d per layer and each block's input."""
+    """Every block's arithmetic at one position (``BlockStepper.output``), given each
+    block's past input: returns d per layer and each block's input."""
 
     def run(x, taps):
         d, inputs, i = [], [], 0
         for n in sizes:
             for _ in range(n):
-                b = blocks[i]
                 inputs.append(x)
-                a = torch.addmm(b.conv_bias, torch.stack([taps[i], x], dim=-1).flatten(1), b.conv_weight)
-                skip = x if b.res is None else torch.addmm(b.res[1], x, b.res[0])
-                x = skip + torch.addmm(b.out_bias, gated(a), b.out_weight)
+                x = blocks[i].output(x, [taps[i]])
                 i += 1
             d.append(x)
         return d, inputs

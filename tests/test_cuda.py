@@ -60,14 +60,14 @@ def test_a_bf16_training_run_on_cuda_learns(tmp_path):
     """``--bf16`` end to end on the GPU: losses finite and falling, parameters float32."""
     from pyro_stcn import runs
     from pyro_stcn.data import load_digits_splits
+    from tests.test_precision import _losses
 
     settings = {"steps": 60, "valid_every": 60, "channels": [16], "hidden": 16, "z_dims": [4, 2], "blocks": 2,
                 "valid_sequences": 20, "bf16": True}  # fmt: skip
     run_config, data = runs.new_run_config(settings, data=load_digits_splits())
     model, guide = runs.start_run(run_config, tmp_path, device="cuda")
     runs.train_run(run_config, model, guide, data, tmp_path, device="cuda", progress=False)
-    with open(tmp_path / "log.csv") as f:
-        losses = [float(line.split(",")[1]) for line in f.readlines()[1:]]
+    losses = _losses(tmp_path)
     assert len(losses) == 60 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) < sum(losses[:10])
     assert all(p.dtype == torch.float32 and p.is_cuda for m in (model, guide) for p in m.parameters())
