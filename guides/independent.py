@@ -6,14 +6,27 @@ drawn top-down with the same sites, plates and masks as the model, so that every
 KL between guide and model stays analytic (paper 1, eq. 13 and 15). This class also
 holds the top-down loop that :class:`guides.ladder.LadderGuide` reuses.
 
+Each site also gives its density with every parameter stopped
+(:mod:`pyro_stcn.stopped`), which the sticking-the-landing and DReG gradients read:
+q(z^l_t | z^{l+1}_t) with the guide's nets, the model's nets and the trunk features
+held fixed, z^l_t and z^{l+1}_t live. It is built from :meth:`posterior_dist`, so a
+subclass that overrides that hook gets it too.
+
 For MS-STCN (paper 2, eq. 10), :class:`MultiscaleIndependentGuide` runs the model's own
 top-down pass, drawing each z^l from
 
     q(z^l | ·) = N(Conv1x1([h^l, d^l]))    with d^l *not* delayed,
 
 and hands that pass to the model, so the shared networks run once per step. With no
-latent variables (the deterministic control) it draws nothing.
+latent variables (the deterministic control) it draws nothing. Its stopped density
+holds h^l fixed too (h^l is the model's top-down state, which z^{l+1} enters through
+the model's networks): unbiased for sticking the landing, which is all MS-STCN trains
+with (it draws one particle at a time, so not the importance-weighted objective).
 """
+
+import dataclasses
+from collections.abc import Mapping
+from functools import partial
 
 import pyro
 import pyro.distributions as dist
@@ -24,6 +37,7 @@ from pyro_stcn.heads import GaussianHead, join, layer_heads
 from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
 from pyro_stcn.models.stcn import STCN
 from pyro_stcn.params import register
+from pyro_stcn.stopped import LOG_PROB_STOPPED, frozen
 from pyro_stcn.wavenet import Features
 
 
@@ -58,6 +72,15 @@ class IndependentGuide(nn.Module):
         hook that richer posteriors (:mod:`guides.iaf`) override."""
         return dist.Normal(*self.posterior(layer, feats, z_above)).to_event(1)
 
+    def log_prob_stopped(self, layer: int, feats: Features, mask: Tensor, values: Mapping[str, Tensor]) -> Tensor:
+        """log q(z^l_t | z^{l+1}_t) at ``values["z_l"]``, ``[batch, time]``, with every
+        parameter stopped: this guide's nets and the model's frozen, the trunk features
+        detached, z^{l+1}_t read from ``values`` and left live (:mod:`pyro_stcn.stopped`)."""
+        d = Features(*([h.detach() for h in hs] for hs in feats))
+        z_above = values.get(f"z_{layer + 2}")  # None at the top layer
+        q = lambda: self.posterior_dist(layer, d, z_above).mask(mask).log_prob(values[f"z_{layer + 1}"])  # noqa: E731
+        return frozen(q, self, self.stcn)
+
     def forward(self, x: Tensor, mask: Tensor) -> None:
         register("guide", self)
         feats = self.stcn.features.for_guide(x, mask)
@@ -66,7 +89,8 @@ class IndependentGuide(nn.Module):
             z_above = None
             for layer in reversed(range(self.stcn.layers)):
                 q = self.posterior_dist(layer, feats, z_above)
-                z_above = pyro.sample(f"z_{layer + 1}", q.mask(mask))
+                stopped = partial(self.log_prob_stopped, layer, feats, mask)
+                z_above = pyro.sample(f"z_{layer + 1}", q.mask(mask), infer={LOG_PROB_STOPPED: stopped})
 
 
 class MultiscaleIndependentGuide(nn.Module):
@@ -99,6 +123,13 @@ class MultiscaleIndependentGuide(nn.Module):
         that richer posteriors (:mod:`guides.iaf`) override."""
         return dist.Normal(*self.posterior(layer, h, feats)).to_event(1)
 
+    def log_prob_stopped(self, layer: int, h: Tensor, feats: MSFeatures, values: Mapping[str, Tensor]) -> Tensor:
+        """log q(z^l) at ``values["z_l"]``, ``[batch, T_l]``, with this guide's nets and the
+        model's frozen and h^l and d^l detached (:mod:`pyro_stcn.stopped`)."""
+        fixed = dataclasses.replace(feats, d=[d.detach() for d in feats.d])
+        q = lambda: self.posterior_dist(layer, h.detach(), fixed).mask(feats.masks[layer])  # noqa: E731
+        return frozen(lambda: q().log_prob(values[f"z_{layer + 1}"]), self, self.ms_stcn)
+
     def forward(self, x: Tensor, mask: Tensor) -> None:
         register("ms_stcn_guide", self)
         model = self.ms_stcn
@@ -109,7 +140,8 @@ class MultiscaleIndependentGuide(nn.Module):
             if not model.config.latent:
                 return None
             q = self.posterior_dist(layer, h, feats)
+            stopped = partial(self.log_prob_stopped, layer, h, feats)
             with batch_plate, time_plates[layer]:
-                return pyro.sample(f"z_{layer + 1}", q.mask(feats.masks[layer]))
+                return pyro.sample(f"z_{layer + 1}", q.mask(feats.masks[layer]), infer={LOG_PROB_STOPPED: stopped})
 
         feats.top_down = model.top_down(feats, sample)  # the model reuses this pass

@@ -146,7 +146,8 @@ def train_and_report_locked(args: argparse.Namespace, device: torch.device, main
         print(
             f"training {run_config['model']} ({runs.parameter_count(model, guide):,} parameters) with the "
             f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
-            f"{run_config['objective']} on {device}{processes}; run directory {run_dir}"
+            f"{run_config['objective']} ({run_config.get('kl_gradient', 'pathwise')} gradient) on {device}{processes}; "
+            f"run directory {run_dir}"
         )
     every = None if args.checkpoint_every is None else 60 * args.checkpoint_every
     result = runs.train_run(run_config, model, guide, data, run_dir, device, progress=not args.no_progress,
@@ -427,6 +428,9 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo; iwae: the importance-weighted "
                    "bound with K draws per step (STCN, STCN-dense)")  # fmt: skip
     t.add_argument("--iw-samples", type=int, metavar="K", help=f"iwae: draws per step (default {runs.IW_SAMPLES})")
+    t.add_argument("--kl-gradient", choices=["stl", "dreg", "pathwise"], help="the gradient of sampled KLs: stl "
+                   "(sticking the landing, default), or for iwae dreg (doubly reparameterised, default); pathwise: "
+                   "the plain reparameterised gradient")  # fmt: skip
     t.add_argument("--beta-rate", type=float, help="annealed: β rises by this per step (default 1e-4)")
     t.add_argument("--lam", type=float, help="free bits: λ0 in nats per latent unit (default 0.5)")
     t.add_argument("--lam-half-life", type=float, help="free bits: steps to halve λ (default 300000)")

@@ -15,15 +15,26 @@ true negative ELBO
   (paper 2, eq. A.3; sg = stop-gradient);
 - :class:`ImportanceWeightedELBO`: the importance-weighted bound with K draws of each
   factor of the latents (each step in STCN; Burda et al. 2016), whose value is the
-  Monte Carlo -ELBO from the same draws.
+  Monte Carlo -ELBO from the same draws, and whose guide gradient is by default the
+  doubly reparameterised one (DReG [6]).
 
 Where ``kl_divergence`` has no rule for a site's pair of distributions (a flow guide,
 a mixture prior, any non-Gaussian latent), its KL is the one-sample Monte Carlo
 estimate log q(z) - log p(z) at the guide's reparameterised draw z, one value per
 batch element and time step (summed over the event), as ``TraceMeanField_ELBO``
-does; its gradient is the pathwise one. Annealing and free bits then act on these
-per-step values, so free bits on such a site count per (batch, time) unit. See
-:func:`unit_kl`.
+does (:func:`unit_kl`). Its gradient is chosen by ``kl_gradient``:
+
+- ``"stl"`` (the default), sticking the landing [5]: the gradient of
+  log q_{sg(φ)}(z) - log p(z), the guide's density with its parameters stopped
+  (:mod:`pyro_stcn.stopped`), so the score term ∂_φ log q_φ(z)|_z, zero in mean but
+  not in variance, is dropped; unbiased, and zero when q = p;
+- ``"pathwise"``: the full pathwise gradient, ``TraceMeanField_ELBO``'s.
+
+The value is the same number either way, to the bit. Annealing and free bits act on
+these estimates as on analytic KLs, in the same unit: an analytic KL is one value per
+latent dimension, and a Monte Carlo estimate of a whole z^l_t vector is shared
+equally among its dimensions (:func:`per_dimension`), so λ is nats per latent
+dimension for every guide and prior.
 
 β and λ are plain attributes, set by the training loop from a schedule. After each
 evaluation ``self.kl`` holds the KL of each latent layer (nats, summed over batch,
@@ -43,19 +54,30 @@ References:
     [3] Kingma et al., "Improved Variational Inference with Inverse Autoregressive
         Flow", NeurIPS 2016 (free bits).
     [4] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+    [5] Roeder, Wu & Duvenaud, "Sticking the Landing", NeurIPS 2017.
+    [6] Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for
+        Monte Carlo Objectives", ICLR 2019.
 """
 
 import math
+from collections.abc import Mapping
 
 import torch
+from pyro import poutine
 from pyro.distributions.torch_distribution import MaskedDistribution
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
-from pyro.infer.util import torch_item
+from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
+from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.replay_messenger import ReplayMessenger
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 from torch import Tensor
 from torch.distributions import Independent, kl_divergence
 
 from pyro_stcn.choices import choose
 from pyro_stcn.factors import factor_steps_of, trace_log_weights
+from pyro_stcn.stopped import stopped_log_prob
 
 
 def _unwrap(fn):
@@ -98,7 +120,16 @@ def _apply_masks(kl: Tensor, masks: list, event_dims: int) -> Tensor:
     return kl
 
 
-def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
+def latent_values(trace) -> dict[str, Tensor]:
+    """The value of every latent site of a trace (unobserved, not a plate), by name."""
+    return {
+        name: site["value"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    }
+
+
+def unit_kl(guide_site: dict, model_site: dict, stopped: Mapping[str, Tensor] | None = None) -> Tensor:
     """KL(q || p) for every latent unit of a site, with the sites' masks applied.
 
     Analytic where ``kl_divergence`` has a rule for the guide's and the model's
@@ -113,7 +144,10 @@ def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
     ``batch_shape + (1,) * event_dims``, e.g. ``[batch, time, 1]``: the same rank as the
     analytic result, so that sums over the trailing dims need no branch. z must be
     a reparameterised draw; the gradient is then the pathwise one that
-    ``TraceMeanField_ELBO`` follows.
+    ``TraceMeanField_ELBO`` follows, or, given the guide's latent values ``stopped``
+    (:func:`latent_values`), that of sticking the landing: log q is read with the
+    guide's parameters stopped (:func:`pyro_stcn.stopped.stopped_log_prob`), the value
+    the same to the bit.
 
     Masked units are exactly 0 on both paths (on this one, a unit masked in the guide
     or in the model). The site's ``scale`` (from ``poutine.scale`` or subsampling) is
@@ -130,25 +164,53 @@ def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
                 f"model's {type(p).__name__}, and the Monte Carlo KL needs a reparameterised guide "
                 "distribution (has_rsample), which this is not"
             ) from None
-        return _monte_carlo_kl(guide_site, model_site)
+        return _monte_carlo_kl(guide_site, model_site, stopped)
     return _apply_masks(kl, q_masks + p_masks + [(guide_site["mask"], 0)], event_dims)
 
 
-def _monte_carlo_kl(guide_site: dict, model_site: dict) -> Tensor:
+def _monte_carlo_kl(guide_site: dict, model_site: dict, stopped: Mapping[str, Tensor] | None) -> Tensor:
     """log q(z) - log p(z) per batch element, ``batch_shape + (1,) * event_dims``."""
     # The distributions' own masks are applied by their log_prob; the sites' here.
-    kl = _log_density(guide_site) - _log_density(model_site)
+    log_q = _log_density(guide_site)
+    if stopped is not None:  # the value of log q, the gradient of log q_sg(φ): x + 0 is x, to the bit
+        log_q_stopped = stopped_log_prob(guide_site, stopped)
+        log_q = log_q.detach() + (log_q_stopped - log_q_stopped.detach())
+    kl = log_q - _log_density(model_site)
     kl = _apply_masks(kl, [(guide_site["mask"], 0), (model_site["mask"], 0)], 0)
     event_dims = guide_site["fn"].event_dim
     return kl.reshape(kl.shape + (1,) * event_dims)
+
+
+def per_dimension(kl: Tensor, event_shape: torch.Size) -> Tensor:
+    """A site's KL per latent dimension, ``batch_shape + event_shape``: an analytic KL as
+    it is; a Monte Carlo estimate of a whole vector (``[..., 1]``) shared equally among
+    the vector's dimensions, so that free bits count the same unit for every site."""
+    if kl.shape[kl.dim() - len(event_shape) :] == event_shape:
+        return kl
+    return (kl / event_shape.numel()).expand(kl.shape[: kl.dim() - len(event_shape)] + event_shape)
 
 
 class LayerwiseELBO(TraceMeanField_ELBO):
     """``TraceMeanField_ELBO`` with per-site KL records; the base of the others.
 
     Subclasses override :meth:`kl_surrogate` to change the gradient of the KL term.
-    With the default (the KL itself) it is exactly ``TraceMeanField_ELBO``.
+    With the default (the KL itself) its value is ``TraceMeanField_ELBO``'s, and so is
+    its gradient with ``kl_gradient="pathwise"`` or where every KL is analytic.
+
+    ``kl_gradient`` is the gradient of Monte Carlo KLs: ``"stl"`` (sticking the landing,
+    the default) or ``"pathwise"`` (see the module's docstring).
     """
+
+    kl_gradients = ("stl", "pathwise")  # the first is the default
+
+    def __init__(self, *, kl_gradient: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.kl_gradient = self.kl_gradients[0] if kl_gradient is None else kl_gradient
+        if self.kl_gradient not in self.kl_gradients:
+            raise ValueError(
+                f"{type(self).__name__} takes kl_gradient {' or '.join(map(repr, self.kl_gradients))}, "
+                f"got {kl_gradient!r}"
+            )
 
     def kl_surrogate(self, kl: Tensor) -> Tensor:
         """The term whose gradient stands in for ∇ Σ_i KL_i, from per-unit KLs."""
@@ -184,6 +246,7 @@ class LayerwiseELBO(TraceMeanField_ELBO):
         """One particle's -ELBO (detached) and surrogate, and ``self.kl`` recorded."""
         log_lik, kl_total, kl_objective = 0.0, 0.0, 0.0
         self.kl = {}
+        stopped = latent_values(guide_trace) if self.kl_gradient == "stl" else None
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
                 continue
@@ -191,12 +254,13 @@ class LayerwiseELBO(TraceMeanField_ELBO):
                 log_lik = log_lik + model_site["log_prob_sum"]
                 continue
             guide_site = guide_trace.nodes[name]
-            kl = unit_kl(guide_site, model_site)
+            kl = unit_kl(guide_site, model_site, stopped)
             kl_sum = guide_site["scale"] * kl.sum()
             layer = layer_of(model_site)
             self.kl[layer] = self.kl.get(layer, 0.0) + kl_sum.detach().double()
             kl_total = kl_total + kl_sum
-            kl_objective = kl_objective + guide_site["scale"] * self.kl_surrogate(kl)
+            units = per_dimension(kl, guide_site["fn"].event_shape)
+            kl_objective = kl_objective + guide_site["scale"] * self.kl_surrogate(units)
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and name not in model_trace.nodes:
                 raise ValueError(f"guide site {name!r} has no matching model site")
@@ -260,19 +324,36 @@ class ImportanceWeightedELBO(LayerwiseELBO):
     with K = ``samples`` draws of each factor (in STCN, each step), made at once as
     Pyro's vectorized particles: the trunk runs once and its features, ``[batch, time,
     C]``, broadcast against z ``[K, batch, time, z]``, so only the latent and output
-    heads see K draws. The gradient is the reparameterised one of the bound; the value
-    is the -ELBO estimated from the same draws, -(1/K) Σ_k Σ_f log w_{k,f}, and
-    ``self.kl`` the analytic KL of each layer averaged over the draws.
+    heads see K draws. The value is the -ELBO estimated from the same draws,
+    -(1/K) Σ_k Σ_f log w_{k,f}, and ``self.kl`` the KL of each layer averaged over them.
+
+    The gradient, with w̃_{k,f} = w_{k,f} / Σ_j w_{j,f} the normalised weights of factor f:
+
+    - ``kl_gradient="dreg"`` (the default), doubly reparameterised [6]: the model's
+      gradient is the bound's, Σ_{k,f} w̃_{k,f} ∂_θ log p(x_f, z^(k)_f) at fixed z, and
+      the gradient through the draws is Σ_{k,f} w̃_{k,f}² ∂_z log w_{k,f} · ∂z/∂φ, with
+      log w read with the guide's parameters stopped (:mod:`pyro_stcn.stopped`). The
+      plain gradient's signal-to-noise ratio for the guide falls as K grows
+      (Rainforth et al., ICML 2018); this one's does not. Parameters the model and the
+      guide share (the trunk) get both parts.
+    - ``"pathwise"``: the reparameterised gradient of the bound, Σ_{k,f} w̃_{k,f} ∇ log w_{k,f}.
+
+    DReG is computed in one backward pass: the model reads each draw through an
+    identity whose backward multiplies by that draw's w̃ (known once the forward pass is
+    done), so paths through z are weighted w̃ · w̃ and the model's own parameters w̃.
 
     The model (or the module whose ``model`` method it is) must say ``factor_steps``,
     and draw particles in parallel; otherwise the objective refuses with the reason.
     """
+
+    kl_gradients = ("dreg", "pathwise")
 
     def __init__(self, samples: int = 5, **kwargs):
         if not isinstance(samples, int) or samples < 1:
             raise ValueError(f"the importance-weighted objective needs a positive number of samples, got {samples!r}")
         super().__init__(num_particles=samples, vectorize_particles=True, max_plate_nesting=2, **kwargs)
         self.factor_steps = None
+        self._weights: dict[str, Tensor] = {}
 
     def _get_traces(self, model, guide, args, kwargs):
         self.factor_steps = factor_steps_of(model)
@@ -290,6 +371,29 @@ class ImportanceWeightedELBO(LayerwiseELBO):
                 f"(vectorized particles), which this model cannot: {e}"
             ) from None
 
+    def _get_trace(self, model, guide, args, kwargs):
+        """Pyro's trace pair (``get_importance_trace``), except that under DReG the model
+        replays the guide's draws through :class:`_WeightedReplay`."""
+        if self.kl_gradient == "pathwise":
+            return super()._get_trace(model, guide, args, kwargs)
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        self._weights = {}  # this evaluation's own: a later one must not change its backward
+        replay = _WeightedReplay(guide_trace, self._weights)
+        model_trace = poutine.trace(replay(model)).get_trace(*args, **kwargs)
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        if is_validation_enabled():
+            for trace in (model_trace, guide_trace):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        check_site_shape(site, self.max_plate_nesting)
+            check_if_enumerated(guide_trace)
+            _check_mean_field_requirement(model_trace, guide_trace)
+        return model_trace, guide_trace
+
     def _loss_and_surrogate(self, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and not site["fn"].has_rsample:
@@ -297,7 +401,19 @@ class ImportanceWeightedELBO(LayerwiseELBO):
         particles = self.num_particles
         log_w = trace_log_weights(model_trace, guide_trace, self.factor_steps)  # [K, batch, F] ([batch, F] if K = 1)
         log_w = log_w.expand(particles, *log_w.shape[-2:])
-        bound = (log_w.logsumexp(0) - math.log(particles)).sum()
+        if self.kl_gradient == "dreg":
+            weights = torch.softmax(log_w.detach(), dim=0)
+            self._weights["w"] = weights  # read by the draws' backward (_WeightedReplay)
+            values = latent_values(model_trace)  # the draws as the model read them
+            log_q = {
+                name: scale_and_mask(stopped_log_prob(site, values), site["scale"], site["mask"])
+                for name, site in guide_trace.nodes.items()
+                if name in values
+            }
+            log_w_stopped = trace_log_weights(model_trace, guide_trace, self.factor_steps, log_q)
+            surrogate = -(weights * log_w_stopped.expand_as(weights)).sum()
+        else:
+            surrogate = -(log_w.logsumexp(0) - math.log(particles)).sum()
         self.kl = {}
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] == "sample" and not model_site["is_observed"]:
@@ -305,7 +421,35 @@ class ImportanceWeightedELBO(LayerwiseELBO):
                 layer = layer_of(model_site)
                 self.kl[layer] = self.kl.get(layer, 0.0) + kl.detach().double() / particles
         # Pyro divides each trace's terms by num_particles, and this one trace holds all K.
-        return -log_w.sum().detach(), -particles * bound
+        return -log_w.sum().detach(), particles * surrogate
+
+
+class _WeightedReplay(ReplayMessenger):
+    """Pyro's replay, but each replayed latent reaches the model through an identity
+    whose backward multiplies the gradient by its draw's normalised weight w̃_{k,f}
+    (``weights["w"]``, ``[K, batch, F]``, set after the forward pass), step by step:
+    a site of T_s steps gives each of the F factors T_s / F of them."""
+
+    def __init__(self, trace, weights: dict[str, Tensor]):
+        super().__init__(trace=trace)
+        self.weights = weights
+
+    def _pyro_sample(self, msg) -> None:
+        super()._pyro_sample(msg)
+        value = msg["value"]
+        if msg["done"] and not msg["is_observed"] and value is not None and value.requires_grad:
+            msg["value"] = value.view_as(value)
+            msg["value"].register_hook(self._scale(msg["fn"].event_dim))
+
+    def _scale(self, event_dim: int):
+        def scale(grad: Tensor) -> Tensor:
+            weights = self.weights["w"]
+            steps = grad.shape[grad.dim() - event_dim - 1]
+            per_step = weights.repeat_interleave(steps // weights.shape[-1], dim=-1)
+            per_step = per_step.reshape(grad.shape[: grad.dim() - event_dim])  # K = 1: no particle dim
+            return grad * per_step[(...,) + (None,) * event_dim]
+
+        return scale
 
 
 OBJECTIVES = {

@@ -26,7 +26,7 @@ References:
     [1] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from torch import Tensor
 
@@ -64,18 +64,22 @@ def by_factor(log_prob: Tensor, factors: int, site: str) -> Tensor:
     return log_prob.reshape(*log_prob.shape[:-1], factors, steps // factors).sum(-1)
 
 
-def trace_log_weights(model_trace, guide_trace, factor_steps: int | None) -> Tensor:
+def trace_log_weights(
+    model_trace, guide_trace, factor_steps: int | None, guide_log_prob: Mapping[str, Tensor] | None = None
+) -> Tensor:
     """log p(x_f, z_f | x_{<f}) - log q(z_f | x) of each factor f, ``[..., batch, F]``,
     from a guide trace and the model trace replayed against it, both with ``log_prob``
     computed (masked steps are 0). F = ceil(T / ``factor_steps``) for the longest site's
     T (the finest resolution; MS-STCN pads T to whole blocks); 1 for None, the whole
-    sequence."""
+    sequence. ``guide_log_prob`` replaces the log q of the guide sites it names (the
+    stopped densities of :mod:`pyro_stcn.stopped`)."""
+    replaced = guide_log_prob or {}
     sites = [
-        (sign, name, site)
+        (sign, name, replaced.get(name, site["log_prob"]) if sign < 0 else site["log_prob"])
         for sign, trace in ((1.0, model_trace), (-1.0, guide_trace))
         for name, site in trace.nodes.items()
         if site["type"] == "sample"
     ]
-    time = max((site["log_prob"].shape[-1] for _, _, site in sites if site["log_prob"].dim() >= 1), default=1)
+    time = max((log_prob.shape[-1] for _, _, log_prob in sites if log_prob.dim() >= 1), default=1)
     factors = 1 if factor_steps is None else -(-time // factor_steps)
-    return sum(sign * by_factor(site["log_prob"], factors, name) for sign, name, site in sites)
+    return sum(sign * by_factor(log_prob, factors, name) for sign, name, log_prob in sites)

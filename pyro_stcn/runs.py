@@ -4,7 +4,7 @@ it into a run directory, and loading and scoring a trained one.
 A run config is the dict a run directory keeps as ``config.json``::
 
     {"data": "digits", "data_args": {}, "model": "stcn-dense", "guide": "ladder",
-     "objective": "elbo", "beta_rate": ..., "lam": ..., "lam_half_life": ...,
+     "objective": "elbo", "kl_gradient": "stl", "beta_rate": ..., "lam": ..., "lam_half_life": ...,
      "net": {... the model's config ...}, "train": {... TrainConfig ...}}
 
 Settings are the command line's options by their argparse names (``z_dims`` for
@@ -38,7 +38,7 @@ from pyro_stcn import distributed
 from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.compare import Contender
 from pyro_stcn.data import DATASETS, FORMATS, OPTIONS, Splits, pad_batch
-from pyro_stcn.elbo import LayerwiseELBO, make_objective
+from pyro_stcn.elbo import OBJECTIVES, LayerwiseELBO, make_objective
 from pyro_stcn.evaluate import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
 from pyro_stcn.factors import factor_label, factor_steps_of
 from pyro_stcn.likelihoods import PRINTED as PRINTED_LIKELIHOODS
@@ -90,6 +90,7 @@ def new_run_config(settings: dict, data: Splits | None = None) -> tuple[dict, Sp
     data = load_data(run_config) if data is None else data
     run_config["net"] = dataclasses.asdict(net_config(settings, run_config["model"], data, run_config["data"]))
     run_config["train"] = dataclasses.asdict(train_config)
+    run_config["kl_gradient"] = kl_gradient(run_config["objective"], settings.get("kl_gradient"))
     iw_samples = settings.get("iw_samples")
     if run_config["objective"] == "iwae":
         run_config["iw_samples"] = IW_SAMPLES if iw_samples is None else iw_samples
@@ -97,6 +98,18 @@ def new_run_config(settings: dict, data: Splits | None = None) -> tuple[dict, Sp
     elif iw_samples is not None:
         raise ValueError(f"--iw-samples applies to --objective iwae, not {run_config['objective']}")
     return run_config, data
+
+
+def kl_gradient(objective: str, given: str | None) -> str:
+    """The gradient estimator for ``objective``: ``given`` if the objective takes it,
+    else its default (stl; dreg for iwae)."""
+    takes = OBJECTIVES[objective].kl_gradients
+    if given is None:
+        return takes[0]
+    if given not in takes:
+        raise ValueError(f"--kl-gradient {given} does not apply to --objective {objective}, which takes "
+                         f"{' or '.join(takes)} (default {takes[0]})")  # fmt: skip
+    return given
 
 
 def data_args(settings: dict, data: str) -> dict:
@@ -173,10 +186,13 @@ def build(run_config: dict, device: torch.device | str = "cpu") -> tuple[nn.Modu
 
 
 def objective_for(run_config: dict) -> LayerwiseELBO:
-    """The run's objective, its β and λ to be set each step by :func:`schedules_for`."""
+    """The run's objective, its β and λ to be set each step by :func:`schedules_for`.
+    Runs saved before ``kl_gradient`` existed trained with the pathwise gradient, and
+    resume with it."""
+    options = {"kl_gradient": run_config.get("kl_gradient", "pathwise")}
     if run_config["objective"] == "iwae":
-        return make_objective("iwae", samples=run_config.get("iw_samples", IW_SAMPLES))
-    return make_objective(run_config["objective"])
+        options["samples"] = run_config.get("iw_samples", IW_SAMPLES)
+    return make_objective(run_config["objective"], **options)
 
 
 def check_objective(run_config: dict, data: Splits) -> None:

@@ -1,0 +1,199 @@
+"""Sticking the landing (Roeder, Wu & Duvenaud 2017) for Monte Carlo KLs: the value is
+unchanged to the bit, the gradient is unbiased (its mean over draws equals the
+pathwise gradient's) and is not the pathwise one, the guide's gradient is exactly zero
+when q equals p, and a flow's density with its parameters stopped equals its cached
+density at the same draw."""
+
+import copy
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.distributions.transforms import AffineAutoregressive
+from pyro.nn import AutoRegressiveNN
+from torch import nn
+
+from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, latent_values
+from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.stopped import LOG_PROB_STOPPED, detached, frozen, stopped_log_prob
+from tests.conftest import ragged_batch, tiny_config
+from tests.test_ms_stcn import tiny_ms
+
+
+def _setup(name: str):
+    """(model, guide) with a Monte Carlo KL at every latent site."""
+    if name == "iaf":
+        model = make_model("stcn-dense", tiny_config())
+    elif name == "mixture":
+        model = make_model("stcn-dense", tiny_config(prior="mixture"))
+    else:  # ms-iaf
+        model = make_model("ms-stcn", tiny_ms([1, 2, 2]))
+    return model, make_guide("independent" if name == "mixture" else "iaf", model)
+
+
+def _params(model, guide) -> list[torch.Tensor]:
+    return [*model.parameters(), *guide.parameters()]
+
+
+def _loss_and_grad(objective, model, guide, x, mask, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss and its gradient, flattened over every parameter, for the draws of ``seed``."""
+    pyro.set_rng_seed(seed)
+    loss = objective.differentiable_loss(model.model, guide, x, mask)
+    grads = torch.autograd.grad(loss, _params(model, guide), allow_unused=True)
+    return loss.detach(), torch.cat([torch.zeros(p.numel()) if g is None else g.flatten()
+                                     for g, p in zip(grads, _params(model, guide))])  # fmt: skip
+
+
+@pytest.mark.parametrize("setup", ["iaf", "mixture", "ms-iaf"])
+@pytest.mark.parametrize("objective", [LayerwiseELBO, lambda **kw: LinearFreeBitsELBO(lam=0.05, **kw)],
+                         ids=["elbo", "linear-free-bits"])  # fmt: skip
+def test_value_is_the_pathwise_value_to_the_bit_and_the_gradient_is_not(setup, objective):
+    model, guide = _setup(setup)
+    x, mask = ragged_batch((12, 7, 3))
+    stl_loss, stl_grad = _loss_and_grad(objective(kl_gradient="stl"), model, guide, x, mask, seed=1)
+    path_loss, path_grad = _loss_and_grad(objective(kl_gradient="pathwise"), model, guide, x, mask, seed=1)
+    assert stl_loss.item() == path_loss.item()
+    assert not torch.allclose(stl_grad, path_grad)
+
+
+def _paired_differences(setup: str, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per draw (seed), the STL gradient minus the pathwise one on the same draws
+    ``[draws, parameters]``, and the pathwise gradients themselves."""
+    model, guide = _setup(setup)
+    x, mask = ragged_batch((12, 7, 3))
+    differences, pathwise = [], []
+    for seed in range(draws):
+        _, stl = _loss_and_grad(LayerwiseELBO(kl_gradient="stl"), model, guide, x, mask, seed)
+        _, path = _loss_and_grad(LayerwiseELBO(kl_gradient="pathwise"), model, guide, x, mask, seed)
+        differences.append(stl - path)
+        pathwise.append(path)
+    return torch.stack(differences), torch.stack(pathwise)
+
+
+def _mean_is_zero(differences: torch.Tensor) -> bool:
+    """Along 6 fixed random directions, the mean of ``[draws, parameters]`` lies within
+    4 standard errors of 0."""
+    directions = torch.randn(differences.shape[1], 6, generator=torch.Generator().manual_seed(0))
+    projected = differences @ directions  # [draws, 6]
+    mean, se = projected.mean(0), projected.std(0) / math.sqrt(len(projected))
+    return bool((mean.abs() < 4 * se).all())
+
+
+@pytest.mark.parametrize("setup", ["iaf", "mixture"])
+def test_gradient_mean_equals_the_pathwise_gradient_mean(setup):
+    """Both estimators see the same draws, so their difference (the score term STL
+    drops) must have mean zero over 96 draws. It is not small: its spread is a
+    sizeable part of the gradient's own."""
+    differences, pathwise = _paired_differences(setup, draws=96)
+    assert _mean_is_zero(differences)
+    assert differences.std(0).norm() > 0.1 * pathwise.std(0).norm()
+
+
+def test_the_mean_check_sees_a_biased_gradient(monkeypatch):
+    """The check above has power: dropping log q's gradient altogether (its path
+    through z too) is biased, and fails it."""
+    real = stopped_log_prob
+    monkeypatch.setattr("pyro_stcn.elbo.stopped_log_prob", lambda site, values: real(site, values).detach())
+    differences, _ = _paired_differences("mixture", draws=96)
+    assert not _mean_is_zero(differences)
+
+
+class _Flow(nn.Module):
+    """N(μ, σ) through one affine autoregressive step, over ``dim`` dimensions."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.loc = nn.Parameter(torch.randn(dim))
+        self.log_scale = nn.Parameter(0.3 * torch.randn(dim))
+        self.arn = AutoRegressiveNN(dim, [8])
+
+    def dist(self, n: int) -> dist.TorchDistribution:
+        base = dist.Normal(self.loc, self.log_scale.exp()).expand([n, len(self.loc)]).to_event(1)
+        return dist.TransformedDistribution(base, [AffineAutoregressive(self.arn, stable=True)])
+
+
+def _kl_only_gradients(prior_fn, guide_fn, guide_module: nn.Module, kl_gradient: str) -> list[torch.Tensor]:
+    """The guide's gradient of the -ELBO of a model with one latent site and no data:
+    the Monte Carlo KL alone."""
+
+    def model():
+        with pyro.plate("batch", 64):
+            pyro.sample("z", prior_fn())
+
+    def guide():
+        with pyro.plate("batch", 64):
+            pyro.sample("z", guide_fn(), infer=guide_fn.infer if hasattr(guide_fn, "infer") else {})
+
+    pyro.set_rng_seed(2)
+    loss = LayerwiseELBO(kl_gradient=kl_gradient).differentiable_loss(model, guide)
+    return torch.autograd.grad(loss, list(guide_module.parameters()))
+
+
+def test_guide_gradient_is_exactly_zero_when_a_flow_guide_equals_its_flow_prior():
+    q = _Flow(3)
+    p = copy.deepcopy(q)  # the same weights, its own parameters
+
+    def guide_fn():
+        return q.dist(64)
+
+    guide_fn.infer = {LOG_PROB_STOPPED: lambda values: frozen(lambda: q.dist(64).log_prob(values["z"]), q)}
+    stl = _kl_only_gradients(lambda: p.dist(64), guide_fn, q, "stl")
+    assert all((g == 0).all() for g in stl)
+    pathwise = _kl_only_gradients(lambda: p.dist(64), guide_fn, q, "pathwise")
+    assert any(g.abs().max() > 1e-3 for g in pathwise)
+
+
+def test_guide_gradient_is_exactly_zero_when_a_gaussian_guide_equals_a_one_component_mixture_prior():
+    """The guide's Normal has no hook: it is read through its rebuilt, detached copy."""
+    guide_params = nn.ParameterDict({"loc": nn.Parameter(torch.randn(3)), "scale": nn.Parameter(torch.rand(3) + 0.5)})
+    loc, scale = guide_params["loc"].detach().clone(), guide_params["scale"].detach().clone()
+
+    def prior():
+        component = dist.Normal(loc.expand(64, 1, 3), scale).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(64, 1)), component)
+
+    def guide_fn():
+        return dist.Normal(guide_params["loc"], guide_params["scale"]).expand([64, 3]).to_event(1)
+
+    stl = _kl_only_gradients(prior, guide_fn, guide_params, "stl")
+    assert all((g == 0).all() for g in stl)
+    pathwise = _kl_only_gradients(prior, guide_fn, guide_params, "pathwise")
+    assert any(g.abs().max() > 1e-3 for g in pathwise)
+
+
+@pytest.mark.parametrize("setup", ["iaf", "ms-iaf"])
+def test_a_flows_stopped_density_equals_its_cached_density_and_reaches_no_parameter(setup):
+    """At the guide's own draws, the density with every parameter stopped (the flow
+    inverted through its detached weights and context) equals the density the flow
+    cached when it drew z; its gradient reaches z and nothing else."""
+    model, guide = _setup(setup)
+    x, mask = ragged_batch((12, 7, 3))
+    guide_trace = poutine.trace(guide).get_trace(x, mask)
+    values = latent_values(guide_trace)
+    leaves = {name: value.detach().requires_grad_() for name, value in values.items()}
+    for name, site in guide_trace.nodes.items():
+        if name not in values:
+            continue
+        assert isinstance(site["fn"].base_dist, dist.TransformedDistribution)
+        cached = site["fn"].log_prob(site["value"])
+        torch.testing.assert_close(stopped_log_prob(site, values), cached, rtol=1e-5, atol=1e-5)
+        stopped = stopped_log_prob(site, leaves).sum()
+        assert all(g is None for g in torch.autograd.grad(stopped, _params(model, guide), allow_unused=True,
+                                                          retain_graph=True))  # fmt: skip
+        assert torch.autograd.grad(stopped, leaves[name])[0].abs().sum() > 0
+
+
+def test_detached_rebuilds_parametric_distributions_and_refuses_others():
+    loc = torch.randn(4, 3, requires_grad=True)
+    for fn in (dist.Normal(loc, 1.5).to_event(1), dist.StudentT(4.0, loc, 2.0).mask(torch.rand(4, 3) > 0.5)):
+        value = torch.randn(4, 3)
+        rebuilt = detached(fn)
+        assert type(rebuilt) is type(fn)
+        torch.testing.assert_close(rebuilt.log_prob(value), fn.log_prob(value))
+        assert not rebuilt.log_prob(value).requires_grad
+    flow = _Flow(3).dist(4)
+    with pytest.raises(ValueError, match="TransformedDistribution.*infer=.*log_prob_stopped.*pathwise"):
+        detached(flow)
