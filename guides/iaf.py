@@ -5,13 +5,18 @@ conditional affine autoregressive steps, all conditioned on what the estimate se
 (STCN: c = [d_cur^l_t, z^{l+1}_t]; MS-STCN: c = [h^l, d^l]):
 
     ε ~ N(μ̂(c), σ̂(c)),   y_0 = ε
-    [m_k, s_k] = AutoregressiveNN_k(y_{k-1}, c),   σ_k = sigmoid(s_k)
-    y_k = σ_k ⊙ y_{k-1} + (1 - σ_k) ⊙ m_k            k = 1..K,   z^l = y_K
+    [m_k, s_k] = AutoregressiveNN_k(y_{k-1}, c)
+    y_k = m_k + exp(s_k) ⊙ y_{k-1}                   k = 1..K,   z^l = y_K
 
-    log q(z^l | c) = log N(ε; μ̂, σ̂) - Σ_k Σ_i log σ_{k,i}
+    log q(z^l | c) = log N(ε; μ̂, σ̂) - Σ_k Σ_i s_{k,i}
 
-This is the numerically stable update of Kingma et al. (section 4, Algorithm 1), with
-the forget-gate bias (Pyro's ``sigmoid_bias``) that starts each step near the identity.
+(Kingma et al., eq. 10; Pyro clips s to [-5, 3].) Each autoregressive net's output layer
+starts at zero, so m = s = 0 and every step is the identity: the flow guide starts as
+exactly the independent Gaussian guide it generalises, and departs from it only where
+training pays for it. (The paper's "stable" update y = σ y + (1 - σ) m, σ = sigmoid(s +
+b), cannot be the identity; started near it with random output layers, it trained to
+1-2 nats per image worse than the Gaussian on the digits: see the README.)
+
 Dimension i of m_k and s_k reads only the dimensions of y_{k-1} before i in the step's
 order (MADE masks, Germain et al. 2015), so the Jacobian is triangular; the order is
 reversed from one step to the next, as in the paper. The flow runs over the z_l
@@ -22,8 +27,9 @@ With z_l = 1 an autoregressive net has no inputs from y: each step is an affine 
 whose shift and scale come from c alone. Pyro builds exactly that, with a warning that
 suggests it; the warning is silenced here because that is what is wanted.
 
-The flow has no analytic KL against the model's Gaussian prior, so an objective must
-use the sampled log q(z) - log p(z) (``TraceMeanField_ELBO`` falls back to it).
+The flow has no closed-form KL against the model's prior. The objectives estimate it as
+the base's closed-form KL plus the flow's sampled correction where the prior is Gaussian
+(:mod:`pyro_stcn.elbo`), which at the identity is the Gaussian guide's own KL.
 
 References:
     [1] Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, "Improving Variational
@@ -49,8 +55,8 @@ from pyro_stcn.wavenet import Features
 def iaf_steps(z_dim: int, context_dim: int, hidden: int, flows: int) -> nn.ModuleList:
     """``flows`` conditional IAF steps over ``z_dim`` dimensions given a context of
     ``context_dim``, each with one hidden layer of ``max(hidden, z_dim)`` units (MADE
-    needs at least one hidden unit per input degree). Step k takes the dimensions in
-    order for even k and in reverse for odd k."""
+    needs at least one hidden unit per input degree), each the identity until trained.
+    Step k takes the dimensions in order for even k and in reverse for odd k."""
     if flows < 1:
         raise ValueError(f"an IAF posterior needs at least one flow step, got flows={flows}; "
                          "for none use the independent guide")  # fmt: skip
@@ -62,8 +68,29 @@ def iaf_steps(z_dim: int, context_dim: int, hidden: int, flows: int) -> nn.Modul
             arn = ConditionalAutoRegressiveNN(
                 z_dim, context_dim, [max(hidden, z_dim)], permutation=order.flip(0) if k % 2 else order
             )
-            steps.append(ConditionalAffineAutoregressive(arn, stable=True))
+            nn.init.zeros_(arn.layers[-1].weight)  # m = s = 0: the identity
+            nn.init.zeros_(arn.layers[-1].bias)
+            steps.append(ConditionalAffineAutoregressive(arn))
     return steps
+
+
+def keep_update_form(guide: nn.Module) -> None:
+    """Let ``guide`` (whose flows are ``guide.flow``) load runs saved before the flows
+    started at the identity: those used the stable update y = σ y + (1 - σ) m, and say so
+    by having no ``stable_update`` entry in their state_dict. The form is a buffer, read
+    once when a state_dict is loaded."""
+    guide.register_buffer("stable_update", torch.tensor(False))
+
+    def old_runs_were_stable(module, state_dict, prefix, *args) -> None:
+        state_dict.setdefault(prefix + "stable_update", torch.tensor(True))
+
+    def set_form(module, incompatible) -> None:
+        for steps in module.flow:
+            for step in steps:
+                step.kwargs["stable"] = bool(module.stable_update)
+
+    guide.register_load_state_dict_pre_hook(old_runs_were_stable)
+    guide.register_load_state_dict_post_hook(set_form)
 
 
 def flow(base: dist.TorchDistribution, steps: nn.ModuleList, context: Tensor) -> dist.TorchDistribution:
@@ -82,6 +109,7 @@ class IAFGuide(IndependentGuide):
         c = stcn.config
         above = c.z_dims[1:] + [0]
         self.flow = nn.ModuleList(iaf_steps(z, c.channels + a, c.hidden, flows) for z, a in zip(c.z_dims, above))
+        keep_update_form(self)
 
     def posterior_dist(self, layer: int, feats: Features, z_above: Tensor | None) -> dist.TorchDistribution:
         base = super().posterior_dist(layer, feats, z_above)
@@ -97,6 +125,7 @@ class MultiscaleIAFGuide(MultiscaleIndependentGuide):
         c = ms_stcn.config
         layers = zip(c.channels, c.z_dims) if c.latent else []
         self.flow = nn.ModuleList(iaf_steps(z, 2 * ch, ch, flows) for ch, z in layers)
+        keep_update_form(self)
 
     def posterior_dist(self, layer: int, h: Tensor, feats: MSFeatures) -> dist.TorchDistribution:
         base = super().posterior_dist(layer, h, feats)

@@ -21,6 +21,19 @@ T = 12
 STCN_NAMES = ["stcn", "stcn-dense"]
 
 
+def _iaf(model, **kwargs):
+    """An IAF guide whose flows have left their identity start (random output layers), so
+    that what the flows do is seen."""
+    guide = make_guide("iaf", model) if not kwargs else type(make_guide("iaf", model))(model, **kwargs)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for steps in guide.flow:
+            for step in steps:
+                for p in (step.nn.layers[-1].weight, step.nn.layers[-1].bias):
+                    p.copy_(0.3 * torch.randn(p.shape, generator=generator))
+    return guide
+
+
 def _fixed_point_log_prob(fn, k: int) -> torch.Tensor:
     """log q of a fixed point at step k, summed over the batch (scored by inverting the flow)."""
     value = torch.rand(fn.shape(), generator=torch.Generator().manual_seed(1))
@@ -85,7 +98,7 @@ def test_stcn_posterior_is_causal(model_name):
     """z^l_t (a draw under fixed noise) and log q of a fixed z^l_t depend on x_t and on
     nothing after t."""
     model = make_model(model_name, tiny_config())
-    guide = make_guide("iaf", model)
+    guide = _iaf(model)
     x, mask = ragged_batch((T, T))
     x.requires_grad_(True)
     trace = poutine.trace(guide).get_trace(x, mask)
@@ -102,7 +115,7 @@ def test_ms_stcn_posterior_is_causal():
     """As tests/test_ms_stcn.py's posterior reach: q(z^l) at coarse step k sees its own
     block's last fine step and nothing past the end of the top layer's block (4 steps)."""
     model = _ms_model()
-    guide = make_guide("iaf", model)
+    guide = _iaf(model)
     x, mask = ragged_batch((16, 16))
     x.requires_grad_(True)
     trace = poutine.trace(guide).get_trace(x, mask)
@@ -133,7 +146,7 @@ def _assert_sites_match(guide_trace, model_trace, names, masks) -> None:
 @pytest.mark.parametrize("model_name", STCN_NAMES)
 def test_stcn_site_shapes(model_name):
     model = make_model(model_name, tiny_config())
-    guide = make_guide("iaf", model)
+    guide = _iaf(model)
     x, mask = ragged_batch((12, 7, 3))
     guide_trace, model_trace, loss = traced(model, guide, x, mask)
     assert torch.isfinite(torch.tensor(loss))
@@ -143,7 +156,7 @@ def test_stcn_site_shapes(model_name):
 
 def test_ms_stcn_site_shapes():
     model = _ms_model()
-    guide = make_guide("iaf", model)
+    guide = _iaf(model)
     x, mask = ragged_batch((13, 6, 3))
     guide_trace, model_trace, loss = traced(model, guide, x, mask)
     assert torch.isfinite(torch.tensor(loss))
@@ -157,7 +170,7 @@ def test_ms_stcn_site_shapes():
 @pytest.mark.parametrize("model_name", ["stcn", "ms-stcn"])
 def test_padding_changes_neither_loss_nor_gradient(model_name):
     model = make_model("stcn", tiny_config()) if model_name == "stcn" else _ms_model()
-    guide = make_guide("iaf", model)
+    guide = _iaf(model)
     params = list(model.parameters()) + list(guide.parameters())
     x, mask = ragged_batch((11, 6, 3))
 
@@ -182,7 +195,7 @@ def test_padding_changes_neither_loss_nor_gradient(model_name):
 @pytest.mark.parametrize("model_name", STCN_NAMES)
 def test_stcn_log_prob_is_the_change_of_variables(model_name):
     model = make_model(model_name, tiny_config())
-    guide = make_guide("iaf", model)
+    guide = _iaf(model)
     x, mask = ragged_batch((6, 4))
     trace = poutine.trace(guide).get_trace(x, mask)
     for name in ("z_1", "z_2", "z_3"):
@@ -191,7 +204,7 @@ def test_stcn_log_prob_is_the_change_of_variables(model_name):
 
 def test_ms_stcn_log_prob_is_the_change_of_variables():
     model = _ms_model()
-    guide = make_guide("iaf", model)
+    guide = _iaf(model)
     x, mask = ragged_batch((8, 3))
     trace = poutine.trace(guide).get_trace(x, mask)
     for l in (1, 2, 3):
@@ -204,7 +217,7 @@ def test_svi_with_trace_mean_field_reduces_the_loss(model_name):
     """Plain Pyro SVI (TraceMeanField_ELBO, which scores the flow by sampling) trains the
     model, the estimate and the flows; the loss is measured with fixed noise."""
     model = make_model("stcn-dense", tiny_config()) if model_name == "stcn-dense" else _ms_model()
-    guide = make_guide("iaf", model)
+    guide = _iaf(model)
     x, mask = ragged_batch((12, 9, 5))
 
     def loss() -> float:
@@ -223,7 +236,7 @@ def test_svi_with_trace_mean_field_reduces_the_loss(model_name):
 
 def test_state_dict_holds_the_flows():
     model = make_model("stcn", tiny_config())
-    guide = IAFGuide(model, flows=3)
+    guide = _iaf(model, flows=3)
     keys = guide.state_dict().keys()
     for layer in range(3):
         for k in range(3):
@@ -261,7 +274,7 @@ def test_one_dimensional_latents(model_name):
             model = make_model("stcn", tiny_config(z_dims=[1, 1]))
         else:
             model = _ms_model(z_dims=[1, 1, 1])
-        guide = make_guide("iaf", model)
+        guide = _iaf(model)
         guide_trace = poutine.trace(guide).get_trace(x, mask)
         model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
         loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
@@ -276,3 +289,46 @@ def test_one_dimensional_latents(model_name):
     y = torch.zeros(5, 1)
     shifted = [step.condition(torch.full((5, context_dim), c))(y) for c in (0.0, 1.0)]
     assert not torch.equal(*shifted)  # the shift depends on the context
+
+
+@pytest.mark.parametrize("model_name", ["stcn-dense", "ms-stcn"])
+def test_flows_start_as_the_identity(model_name):
+    """A new IAF guide is the independent guide it generalises: with the same estimate
+    weights and seed, the same draws and the same densities."""
+    model = make_model("stcn-dense", tiny_config()) if model_name == "stcn-dense" else _ms_model()
+    iaf, independent = make_guide("iaf", model), make_guide("independent", model)
+    independent.load_state_dict({k: v for k, v in iaf.state_dict().items() if k.startswith("estimate")})
+    x, mask = ragged_batch((8, 5))
+    traces = []
+    for guide in (iaf, independent):
+        pyro.set_rng_seed(1)
+        traces.append(poutine.trace(guide).get_trace(x, mask))
+    for name in [f"z_{l + 1}" for l in range(model.layers)]:
+        flow_site, gaussian_site = traces[0].nodes[name], traces[1].nodes[name]
+        torch.testing.assert_close(flow_site["value"], gaussian_site["value"])
+        value = flow_site["value"].detach().clone()  # a new tensor: the flow is inverted, not read from its cache
+        torch.testing.assert_close(flow_site["fn"].log_prob(value), gaussian_site["fn"].log_prob(value))
+
+
+def test_runs_saved_with_the_stable_update_load_with_it():
+    """Runs saved before the flows started at the identity used the stable update
+    y = σ y + (1 - σ) m and have no ``stable_update`` entry: they load with that update
+    and score a draw as they did; a run saved now loads with its own."""
+    model = make_model("stcn-dense", tiny_config())
+    old = _iaf(model)
+    for steps in old.flow:
+        for step in steps:
+            step.kwargs["stable"] = True  # as IAF guides were built then
+    saved = {k: v for k, v in old.state_dict().items() if k != "stable_update"}
+    x, mask = ragged_batch((6, 4))
+    trace = poutine.trace(old).get_trace(x, mask)
+    loaded = make_guide("iaf", model)
+    loaded.load_state_dict(saved)
+    replayed = poutine.trace(poutine.replay(loaded, trace=trace)).get_trace(x, mask)
+    for name in ("z_1", "z_2", "z_3"):
+        value = trace.nodes[name]["value"].detach().clone()
+        expected = trace.nodes[name]["fn"].log_prob(value)
+        torch.testing.assert_close(replayed.nodes[name]["fn"].log_prob(value), expected, rtol=1e-5, atol=1e-5)
+    new = make_guide("iaf", model)
+    new.load_state_dict(make_guide("iaf", model).state_dict())
+    assert not any(step.kwargs["stable"] for steps in new.flow for step in steps)

@@ -1,8 +1,10 @@
-"""Sticking the landing (Roeder, Wu & Duvenaud 2017) for Monte Carlo KLs: the value is
-unchanged to the bit, the gradient is unbiased (its mean over draws equals the
+"""The low-variance gradients of Monte Carlo KLs (``kl_gradient="stl"``): sticking the
+landing (Roeder, Wu & Duvenaud 2017), and for a flow over a Gaussian base with a
+Gaussian prior the base's KL in closed form plus the flow's sampled correction. The
+value is unchanged to the bit, the gradient is unbiased (its mean over draws equals the
 pathwise gradient's) and is not the pathwise one, the guide's gradient is exactly zero
-when q equals p, and a flow's density with its parameters stopped equals its cached
-density at the same draw."""
+when q equals p, a flow's density with its parameters stopped equals its cached density
+at the same draw, and a flow at the identity gets exactly the closed-form KL's gradient."""
 
 import copy
 import math
@@ -27,7 +29,7 @@ def _setup(name: str):
     """(model, guide) with a Monte Carlo KL at every latent site."""
     if name == "iaf":
         model = make_model("stcn-dense", tiny_config())
-    elif name == "mixture":
+    elif name in ("mixture", "iaf-mixture"):
         model = make_model("stcn-dense", tiny_config(prior="mixture"))
     else:  # ms-iaf
         model = make_model("ms-stcn", tiny_ms([1, 2, 2]))
@@ -47,26 +49,27 @@ def _loss_and_grad(objective, model, guide, x, mask, seed: int) -> tuple[torch.T
                                      for g, p in zip(grads, _params(model, guide))])  # fmt: skip
 
 
-@pytest.mark.parametrize("setup", ["iaf", "mixture", "ms-iaf"])
+@pytest.mark.parametrize("setup", ["iaf", "mixture", "iaf-mixture", "ms-iaf"])
 @pytest.mark.parametrize("objective", [LayerwiseELBO, lambda **kw: LinearFreeBitsELBO(lam=0.05, **kw)],
                          ids=["elbo", "linear-free-bits"])  # fmt: skip
-def test_value_is_the_pathwise_value_to_the_bit_and_the_gradient_is_not(setup, objective):
+@pytest.mark.parametrize("gradient", ["stl", "control-variate"])
+def test_value_is_the_pathwise_value_to_the_bit_and_the_gradient_is_not(setup, objective, gradient):
     model, guide = _setup(setup)
     x, mask = ragged_batch((12, 7, 3))
-    stl_loss, stl_grad = _loss_and_grad(objective(kl_gradient="stl"), model, guide, x, mask, seed=1)
+    stl_loss, stl_grad = _loss_and_grad(objective(kl_gradient=gradient), model, guide, x, mask, seed=1)
     path_loss, path_grad = _loss_and_grad(objective(kl_gradient="pathwise"), model, guide, x, mask, seed=1)
     assert stl_loss.item() == path_loss.item()
     assert not torch.allclose(stl_grad, path_grad)
 
 
-def _paired_differences(setup: str, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per draw (seed), the STL gradient minus the pathwise one on the same draws
-    ``[draws, parameters]``, and the pathwise gradients themselves."""
+def _paired_differences(setup: str, draws: int, gradient: str = "stl") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per draw (seed), the gradient by ``gradient`` minus the pathwise one on the same
+    draws ``[draws, parameters]``, and the pathwise gradients themselves."""
     model, guide = _setup(setup)
     x, mask = ragged_batch((12, 7, 3))
     differences, pathwise = [], []
     for seed in range(draws):
-        _, stl = _loss_and_grad(LayerwiseELBO(kl_gradient="stl"), model, guide, x, mask, seed)
+        _, stl = _loss_and_grad(LayerwiseELBO(kl_gradient=gradient), model, guide, x, mask, seed)
         _, path = _loss_and_grad(LayerwiseELBO(kl_gradient="pathwise"), model, guide, x, mask, seed)
         differences.append(stl - path)
         pathwise.append(path)
@@ -82,12 +85,16 @@ def _mean_is_zero(differences: torch.Tensor) -> bool:
     return bool((mean.abs() < 4 * se).all())
 
 
-@pytest.mark.parametrize("setup", ["iaf", "mixture"])
-def test_gradient_mean_equals_the_pathwise_gradient_mean(setup):
-    """Both estimators see the same draws, so their difference (the score term STL
-    drops) must have mean zero over 96 draws. It is not small: its spread is a
+@pytest.mark.parametrize(
+    "gradient, setup",
+    [("stl", "mixture"), ("stl", "iaf-mixture"), ("control-variate", "iaf"), ("control-variate", "mixture"),
+     ("control-variate", "iaf-mixture")],
+)  # fmt: skip
+def test_gradient_mean_equals_the_pathwise_gradient_mean(gradient, setup):
+    """Both estimators see the same draws, so their difference (for STL the score term
+    it drops) must have mean zero over 64 draws. It is not small: its spread is a
     sizeable part of the gradient's own."""
-    differences, pathwise = _paired_differences(setup, draws=96)
+    differences, pathwise = _paired_differences(setup, draws=64, gradient=gradient)
     assert _mean_is_zero(differences)
     assert differences.std(0).norm() > 0.1 * pathwise.std(0).norm()
 
@@ -97,7 +104,7 @@ def test_the_mean_check_sees_a_biased_gradient(monkeypatch):
     through z too) is biased, and fails it."""
     real = stopped_log_prob
     monkeypatch.setattr("pyro_stcn.elbo.stopped_log_prob", lambda site, values: real(site, values).detach())
-    differences, _ = _paired_differences("mixture", draws=96)
+    differences, _ = _paired_differences("mixture", draws=64)
     assert not _mean_is_zero(differences)
 
 
@@ -184,6 +191,64 @@ def test_a_flows_stopped_density_equals_its_cached_density_and_reaches_no_parame
         assert all(g is None for g in torch.autograd.grad(stopped, _params(model, guide), allow_unused=True,
                                                           retain_graph=True))  # fmt: skip
         assert torch.autograd.grad(stopped, leaves[name])[0].abs().sum() > 0
+
+
+def test_a_flow_at_the_identity_gets_the_closed_form_kl_and_its_gradient():
+    """q = identity # N(μ, σ) against a Gaussian prior: the estimate is KL(N(μ, σ) || p) in
+    closed form, value aside, and so is its gradient, to rounding."""
+    loc = torch.randn(5, 3, requires_grad=True)
+    prior_loc = torch.randn(5, 3, requires_grad=True)
+    base = dist.Normal(loc, 0.7).to_event(1)
+    q = dist.TransformedDistribution(base, [dist.transforms.AffineTransform(0.0, 1.0, event_dim=1)])
+
+    def model():
+        with pyro.plate("batch", 5):
+            pyro.sample("z", dist.Normal(prior_loc, 1.3).to_event(1))
+
+    def guide():
+        with pyro.plate("batch", 5):
+            pyro.sample("z", q)
+
+    pyro.set_rng_seed(0)
+    loss = LayerwiseELBO().differentiable_loss(model, guide)
+    closed_form = torch.distributions.kl_divergence(dist.Normal(loc, 0.7), dist.Normal(prior_loc, 1.3)).sum()
+    expected = torch.autograd.grad(closed_form, [loc, prior_loc])
+    for got, want in zip(torch.autograd.grad(loss, [loc, prior_loc]), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_mixture_prior_is_stood_in_for_by_its_moments():
+    """The stand-in's mean and variance are the mixture's (by sampling it); a mixture of
+    coinciding components is its stand-in, so a Gaussian guide against it gets the
+    closed-form KL's gradient."""
+    from pyro_stcn.elbo import _moments
+
+    g = torch.Generator().manual_seed(0)
+    loc, scale, logits = torch.randn(4, 3, 2, generator=g), torch.rand(4, 3, 2, generator=g) + 0.2, torch.randn(4, 3)
+    mixture = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+    stand_in = _moments(mixture)
+    samples = mixture.sample((200_000,))
+    torch.testing.assert_close(stand_in.mean, samples.mean(0), atol=0.02, rtol=0)
+    torch.testing.assert_close(stand_in.variance, samples.var(0), atol=0.03, rtol=0.02)
+
+    guide_loc = torch.randn(5, 2, requires_grad=True)
+    prior_loc = torch.randn(5, 2, requires_grad=True)
+
+    def model():
+        with pyro.plate("batch", 5):
+            components = dist.Normal(prior_loc.unsqueeze(-2).expand(5, 3, 2), 1.3).to_event(1)
+            pyro.sample("z", dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(5, 3)), components))
+
+    def guide():
+        with pyro.plate("batch", 5):
+            pyro.sample("z", dist.Normal(guide_loc, 0.7).to_event(1))
+
+    pyro.set_rng_seed(0)
+    loss = LayerwiseELBO().differentiable_loss(model, guide)
+    closed_form = torch.distributions.kl_divergence(dist.Normal(guide_loc, 0.7), dist.Normal(prior_loc, 1.3)).sum()
+    expected = torch.autograd.grad(closed_form, [guide_loc, prior_loc])
+    for got, want in zip(torch.autograd.grad(loss, [guide_loc, prior_loc]), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_detached_rebuilds_parametric_distributions_and_refuses_others():
