@@ -146,7 +146,7 @@ def train_and_report_locked(args: argparse.Namespace, device: torch.device, main
         print(
             f"training {run_config['model']} ({runs.parameter_count(model, guide):,} parameters) with the "
             f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
-            f"{run_config['objective']} ({run_config.get('kl_gradient', 'pathwise')} gradient) on {device}{processes}; "
+            f"{run_config['objective']} ({run_config.get('kl_gradient', 'pathwise')} KL gradient) on {device}{processes}; "
             f"run directory {run_dir}"
         )
     every = None if args.checkpoint_every is None else 60 * args.checkpoint_every
@@ -159,14 +159,21 @@ def train_and_report_locked(args: argparse.Namespace, device: torch.device, main
         f"trained {result.last_step} steps in {result.seconds:.0f} s ({stop}); best validation "
         f"-ELBO {result.best_valid:.2f} nats per sequence at step {result.best_step}"
     )
-    report_training(run_config, model, guide, data, run_dir, device)
+    report_training(args, run_config, model, guide, data, run_dir)
 
 
-def report_training(run_config: dict, model: nn.Module, guide: nn.Module, data: Splits, run_dir: Path,
-                    device: torch.device) -> None:  # fmt: skip
-    """The test -ELBO, a reference for binary data, and the run's plots and samples."""
-    test = evaluate.evaluate_elbo(model.model, guide, data.test, device=device)
-    lines, reference = evaluate.report_lines("test", test, run_config["model"]), None
+def report_training(args: argparse.Namespace, run_config: dict, model: nn.Module, guide: nn.Module, data: Splits,
+                    run_dir: Path) -> None:  # fmt: skip
+    """The test -ELBO, the importance-weighted bound with the run's ``test_iw`` draws
+    (models with latents), a reference for binary data, and the run's plots and samples."""
+    run = runs.Run(run_dir, run_config, model, guide)
+    run.data = data
+    scores = runs.score(run, "test")
+    draws = run_config.get("test_iw", 0)  # 0 in runs saved before it existed
+    if scores.neg_elbo.kl_per_sequence and draws:
+        with tqdm(total=len(data.test), desc=f"IWAE, K = {draws}", disable=args.no_progress) as bar:
+            scores = runs.score(run, "test", draws, progress=bar.update)
+    lines, reference = score_lines("test", scores, run_config["model"], draws), None
     if data.likelihood == "bernoulli":
         reference = independent_bernoulli_nll(data.train, data.test)
         values = "pixels" if data.kind == "image" else "values"
@@ -199,20 +206,26 @@ def iw_meaning(scores: runs.Scores) -> str:
             "given x are independent of the others'; ≤ the -ELBO, an upper bound on -log p(x)")  # fmt: skip
 
 
+def score_lines(title: str, scores: runs.Scores, model: str, draws: int | None) -> list[str]:
+    """The -ELBO, the -IWAE bound with ``draws`` K if scored, and the KL of each layer."""
+    lines = evaluate.report_lines(title, scores.neg_elbo, model)
+    if scores.neg_iwae:
+        bound = scores.neg_iwae
+        lines.insert(
+            1,
+            f"{title}: -IWAE bound, K = {draws}: {bound.per_sequence:.2f} ± {bound.stderr:.2f} nats per sequence, "
+            f"{bound.per_step:.4f} nats per step; importance-weighted {scores.iwae_over} ({iw_meaning(scores)})",
+        )
+    return lines
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     run = runs.load_run(args.run, pick_device(args.device))
     with tqdm(total=len(getattr(run.data, args.split)), desc=f"IWAE, K = {args.iw}",
               disable=args.no_progress or not args.iw) as bar:  # fmt: skip
         scores = runs.score(run, args.split, args.iw, args.chunk, args.seed, progress=bar.update, iw_over=args.iw_over)
     title = f"{run.config['model']} on {run.config['data']}, {args.split} split"
-    lines = evaluate.report_lines(title, scores.neg_elbo, run.config["model"])
-    if scores.neg_iwae:
-        bound = scores.neg_iwae
-        lines.insert(
-            1,
-            f"{title}: -IWAE bound, K = {args.iw}: {bound.per_sequence:.2f} ± {bound.stderr:.2f} nats per sequence, "
-            f"{bound.per_step:.4f} nats per step; importance-weighted {scores.iwae_over} ({iw_meaning(scores)})",
-        )
+    lines = score_lines(title, scores, run.config["model"], args.iw)
     if run.data.kind == "image":
         lines.append("one sequence is one image: nats per sequence are nats per image")
     print("\n".join(lines))
@@ -428,6 +441,8 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo; iwae: the importance-weighted "
                    "bound with K draws per step (STCN, STCN-dense)")  # fmt: skip
     t.add_argument("--iw-samples", type=int, metavar="K", help=f"iwae: draws per step (default {runs.IW_SAMPLES})")
+    t.add_argument("--test-iw", type=int, metavar="K", help="the final report's importance-weighted bound on the "
+                   "test split: K draws of each factor (default 100; 0: none)")  # fmt: skip
     t.add_argument("--kl-gradient", choices=["stl", "dreg", "pathwise"], help="the gradient of sampled KLs: stl "
                    "(sticking the landing, default), or for iwae dreg (doubly reparameterised, default); pathwise: "
                    "the plain reparameterised gradient")  # fmt: skip

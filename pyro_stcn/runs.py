@@ -57,6 +57,7 @@ RUN_DEFAULTS = {
     "beta_rate": 1e-4,
     "lam": 0.5,
     "lam_half_life": 300_000,
+    "test_iw": 100,  # the training report's importance-weighted bound: K draws of each factor (0: none)
 }
 IW_SAMPLES = 5  # --objective iwae: draws of each step's latents
 # Sized for the default run: digits on 2 CPU cores in under 5 minutes.
@@ -91,6 +92,8 @@ def new_run_config(settings: dict, data: Splits | None = None) -> tuple[dict, Sp
     run_config["net"] = dataclasses.asdict(net_config(settings, run_config["model"], data, run_config["data"]))
     run_config["train"] = dataclasses.asdict(train_config)
     run_config["kl_gradient"] = kl_gradient(run_config["objective"], settings.get("kl_gradient"))
+    if not isinstance(run_config["test_iw"], int) or run_config["test_iw"] < 0:
+        raise ValueError(f"--test-iw: expected a number of draws, 0 or more, got {run_config['test_iw']}")
     iw_samples = settings.get("iw_samples")
     if run_config["objective"] == "iwae":
         run_config["iw_samples"] = IW_SAMPLES if iw_samples is None else iw_samples

@@ -30,6 +30,7 @@ PAPER = {
     "lr_decay": 0.94,
     "steps": 500_000,
     "valid_every": 1000,
+    "test_iw": 0,  # K = 100 draws of 10k images of 784 steps would take hours: `evaluate --iw K` when wanted
 }
 
 CPU = {
