@@ -146,8 +146,8 @@ def train_and_report_locked(args: argparse.Namespace, device: torch.device, main
         print(
             f"training {run_config['model']} ({runs.parameter_count(model, guide):,} parameters) with the "
             f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
-            f"{run_config['objective']} ({run_config.get('kl_gradient', 'pathwise')} KL gradient) on {device}{processes}; "
-            f"run directory {run_dir}"
+            f"{run_config['objective']} ({run_config.get('kl_gradient', 'pathwise')} KL gradient) on "
+            f"{device}{processes}; run directory {run_dir}"
         )
     every = None if args.checkpoint_every is None else 60 * args.checkpoint_every
     result = runs.train_run(run_config, model, guide, data, run_dir, device, progress=not args.no_progress,
@@ -438,17 +438,18 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
                    "guide other than ladder)")  # fmt: skip
     t.add_argument("--likelihood", choices=list(LIKELIHOODS), help="default: the one the data call for")
     t.add_argument("--components", type=int, help="gmm, handwriting: mixture components (STCN default 20)")
-    t.add_argument("--objective", choices=list(OBJECTIVES), help="default elbo; iwae: the importance-weighted "
-                   "bound with K draws per step (STCN, STCN-dense)")  # fmt: skip
+    t.add_argument("--objective", choices=list(OBJECTIVES), help="default linear-free-bits; iwae: the "
+                   "importance-weighted bound with K draws per step (STCN, STCN-dense)")  # fmt: skip
     t.add_argument("--iw-samples", type=int, metavar="K", help=f"iwae: draws per step (default {runs.IW_SAMPLES})")
     t.add_argument("--test-iw", type=int, metavar="K", help="the final report's importance-weighted bound on the "
                    "test split: K draws of each factor (default 100; 0: none)")  # fmt: skip
-    t.add_argument("--kl-gradient", choices=["stl", "dreg", "pathwise"], help="the gradient of sampled KLs: stl "
-                   "(sticking the landing, default), or for iwae dreg (doubly reparameterised, default); pathwise: "
-                   "the plain reparameterised gradient")  # fmt: skip
+    t.add_argument("--kl-gradient", choices=["control-variate", "stl", "dreg", "pathwise"],
+                   help="the gradient of sampled KLs (a flow guide, a mixture prior): control-variate (default: "
+                   "closed form where it exists, the rest sampled), stl (sticking the landing); for iwae, dreg "
+                   "(doubly reparameterised, its default); pathwise: the plain reparameterised gradient")  # fmt: skip
     t.add_argument("--beta-rate", type=float, help="annealed: β rises by this per step (default 1e-4)")
-    t.add_argument("--lam", type=float, help="free bits: λ0 in nats per latent unit (default 0.5)")
-    t.add_argument("--lam-half-life", type=float, help="free bits: steps to halve λ (default 300000)")
+    t.add_argument("--lam", type=float, help="free bits: λ0 in nats per latent dimension (default 0.02; paper 2: 0.5)")
+    t.add_argument("--lam-half-life", type=float, help="free bits: steps to halve λ (default 500; paper 2: 300000)")
     t.add_argument("--steps", type=int, help="training steps (with --resume: the new total)")
     t.add_argument("--budget", type=float, metavar="MINUTES", help="also stop after this much training time")
     t.add_argument("--batch-size", type=int)

@@ -4,7 +4,8 @@ it into a run directory, and loading and scoring a trained one.
 A run config is the dict a run directory keeps as ``config.json``::
 
     {"data": "digits", "data_args": {}, "model": "stcn-dense", "guide": "ladder",
-     "objective": "elbo", "kl_gradient": "stl", "beta_rate": ..., "lam": ..., "lam_half_life": ...,
+     "objective": "linear-free-bits", "kl_gradient": "control-variate", "beta_rate": ..., "lam": ...,
+     "lam_half_life": ..., "test_iw": 100,
      "net": {... the model's config ...}, "train": {... TrainConfig ...}}
 
 Settings are the command line's options by their argparse names (``z_dims`` for
@@ -53,10 +54,14 @@ from pyro_stcn.train import TrainConfig, TrainResult, train
 RUN_DEFAULTS = {
     "data": "digits",
     "model": "stcn-dense",
-    "objective": "elbo",
+    # Linear free bits at λ0 = 0.02 nats per latent dimension, halved every 500 steps: on the
+    # digits it keeps every layer in use (3.7-4.2 nats per image) and bounds -log p(x) better
+    # than the plain ELBO, whose latents collapse (README, "Keeping the latents in use").
+    # Paper 2's λ0 = 0.5 halved every 300k steps is its preset's (blizzard-ms-stcn-fw200).
+    "objective": "linear-free-bits",
     "beta_rate": 1e-4,
-    "lam": 0.5,
-    "lam_half_life": 300_000,
+    "lam": 0.02,
+    "lam_half_life": 500,
     "test_iw": 100,  # the training report's importance-weighted bound: K draws of each factor (0: none)
 }
 IW_SAMPLES = 5  # --objective iwae: draws of each step's latents
