@@ -46,14 +46,14 @@ def _frozen_copies(model, guide, guide_name: str) -> tuple:
     return frozen_model, frozen_guide
 
 
-def _dreg_by_hand(model, guide, guide_name: str, x, mask, drawn: dict, params: list) -> tuple:
-    """The gradient of the negated bound by DReG, each part computed on its own:
+def _dreg_by_hand(model, guide, guide_name: str, x, mask, drawn: dict) -> tuple:
+    """The gradient of the negated objective, (model's parameters, guide's), each part
+    computed on its own:
 
-    - through the draws: Σ_{k,t} w̃² ∂_z log w · ∂z/∂params, with ∂_z log w taken by
-      autograd at leaf z on frozen copies of the networks (so every parameter is
-      held fixed in q and in p), and z = μ_q + σ_q ε rebuilt top-down with the live
-      networks from the recorded draws;
-    - the model's own: Σ_{k,t} w̃ ∂ log p(x, z) at the draws held fixed."""
+    - the guide's: Σ_{k,t} w̃² ∂_z log w · ∂z/∂φ, with ∂_z log w taken by autograd at leaf
+      z on frozen copies of the networks (so every parameter is held fixed in q and in
+      p), and z = μ_q + σ_q ε rebuilt top-down with the live networks from the draws;
+    - the model's: the plain gradient of the bound Σ_t log (1/K) Σ_k w_{k,t}."""
     frozen_model, frozen_guide = _frozen_copies(model, guide, guide_name)
     feats, live, z_above = model.trunk_features(x, mask), {}, None
     for layer in reversed(range(model.layers)):
@@ -65,29 +65,45 @@ def _dreg_by_hand(model, guide, guide_name: str, x, mask, drawn: dict, params: l
     w = torch.softmax(log_w.detach(), dim=0)
     dlogw_dz = torch.autograd.grad((w**2 * log_w).sum(), list(leaves.values()))
     through_draws = sum((g * live[name]).sum() for name, g in zip(leaves, dlogw_dz))
-    model_own = (w * _log_weights(model, guide, x, mask, {n: z.detach() for n, z in live.items()}, False)).sum()
-    return torch.autograd.grad(-(through_draws + model_own), params, allow_unused=True)
+    guide_grads = torch.autograd.grad(-through_draws, list(guide.parameters()), retain_graph=True)
+    bound = (_log_weights(model, guide, x, mask, live).logsumexp(0) - math.log(len(w))).sum()
+    model_grads = torch.autograd.grad(-bound, list(model.parameters()), allow_unused=True)
+    return model_grads, guide_grads
 
 
 @pytest.mark.parametrize("guide_name", ["ladder", "independent"])
 def test_gradient_equals_a_hand_computation(guide_name):
+    """The guide's parameters get DReG's gradient, the model's (the shared trunk and, for
+    the ladder, the prior the guide precision-weights with) the bound's own."""
     model = make_model("stcn-dense", tiny_config())
     guide = make_guide(guide_name, model)
     x, mask = ragged_batch((12, 7, 3))
-    params = [*model.parameters(), *guide.parameters()]
+    model_params, guide_params = list(model.parameters()), list(guide.parameters())
     recorded = poutine.trace(guide)  # the draws, read back
     loss = ImportanceWeightedELBO(samples=4).differentiable_loss(model.model, recorded, x, mask)
     drawn = {name: site["value"] for name, site in recorded.trace.nodes.items() if name.startswith("z_")}
-    expected = _dreg_by_hand(model, guide, guide_name, x, mask, drawn, params)
-    got = torch.autograd.grad(loss, params, allow_unused=True)
-    for g, e, p in zip(got, expected, params):
+    expected = [g for group in _dreg_by_hand(model, guide, guide_name, x, mask, drawn) for g in group]
+    got = torch.autograd.grad(loss, model_params + guide_params, allow_unused=True)
+    for g, e, p in zip(got, expected, model_params + guide_params):
         torch.testing.assert_close(torch.zeros_like(p) if g is None else g, torch.zeros_like(p) if e is None else e,
                                    rtol=1e-4, atol=1e-5)  # fmt: skip
-    plain = ImportanceWeightedELBO(samples=4, kl_gradient="pathwise")
     pyro.set_rng_seed(0)
     recorded = poutine.trace(guide)
-    plain_grads = torch.autograd.grad(plain.differentiable_loss(model.model, recorded, x, mask), params)
-    assert any(not torch.allclose(a, b) for a, b in zip(plain_grads, got))  # not the plain gradient
+    plain = ImportanceWeightedELBO(samples=4, kl_gradient="pathwise")
+    plain_grads = torch.autograd.grad(plain.differentiable_loss(model.model, recorded, x, mask), guide_params)
+    assert any(not torch.allclose(a, b) for a, b in zip(plain_grads, got[len(model_params) :]))  # not the plain one
+
+
+def test_value_is_the_plain_objectives_to_the_bit():
+    model = make_model("stcn-dense", tiny_config())
+    guide = make_guide("ladder", model)
+    x, mask = ragged_batch((12, 7, 3))
+    values = []
+    for kl_gradient in ("dreg", "pathwise"):
+        pyro.set_rng_seed(2)
+        values.append(ImportanceWeightedELBO(samples=3, kl_gradient=kl_gradient).differentiable_loss(
+            model.model, guide, x, mask).item())  # fmt: skip
+    assert values[0] == values[1]
 
 
 def _guide_gradients(kl_gradient: str, samples: int, draws: int) -> torch.Tensor:

@@ -127,5 +127,5 @@ def test_command_line_trains_on_it_and_refuses_what_does_not_fit(tmp_path, capsy
     assert "kl_z_1" in (out / "log.csv").read_text().splitlines()[0]
     with pytest.raises(SystemExit, match="--objective iwae does not fit --model vrnn: .*do not factorise"):
         run.main(["train", "--model", "vrnn", "--objective", "iwae", "--out", str(tmp_path / "v"), "--device", "cpu"])
-    with pytest.raises(SystemExit, match="--iw-samples applies to --objective iwae, not elbo"):
+    with pytest.raises(SystemExit, match="--iw-samples applies to --objective iwae, not linear-free-bits"):
         run.main(["train", "--iw-samples", "3", "--out", str(tmp_path / "e"), "--device", "cpu"])
