@@ -41,11 +41,13 @@ that but left both it and the flow guide behind the Gaussians they generalise, a
 same Gaussian guide lost 1.6 nats per image when its KL was sampled rather than closed
 form. The control variate keeps what is in closed form in closed form.
 
-The value is the same number in every case, to the bit. Annealing and free bits act on
-these estimates as on analytic KLs, in the same unit: an analytic KL is one value per
-latent dimension, and a Monte Carlo estimate of a whole z^l_t vector is shared
-equally among its dimensions (:func:`per_dimension`), so λ is nats per latent
-dimension for every guide and prior.
+The reported value is log q(z) - log p(z) in every case, to the bit (:func:`unit_kl`).
+Annealing and free bits act on the estimate the gradient comes from, its value and
+gradient together (:func:`kl_estimate`: free bits weighing the plain estimate while
+scaling the control variate's gradient made the flow guide's KL run away to 10^6
+nats), in the unit of analytic KLs: one value per latent dimension, a sampled
+estimate of a whole z^l_t vector shared equally among its dimensions
+(:func:`per_dimension`), so λ is nats per latent dimension for every guide and prior.
 
 β and λ are plain attributes, set by the training loop from a schedule. After each
 evaluation ``self.kl`` holds the KL of each latent layer (nats, summed over batch,
@@ -140,9 +142,7 @@ def latent_values(trace) -> dict[str, Tensor]:
     }
 
 
-def unit_kl(
-    guide_site: dict, model_site: dict, gradient: str = "pathwise", values: Mapping[str, Tensor] | None = None
-) -> Tensor:
+def unit_kl(guide_site: dict, model_site: dict) -> Tensor:
     """KL(q || p) for every latent unit of a site, with the sites' masks applied.
 
     Analytic where ``kl_divergence`` has a rule for the guide's and the model's
@@ -156,18 +156,30 @@ def unit_kl(
     summed over the event, one value per batch element and time step, of shape
     ``batch_shape + (1,) * event_dims``, e.g. ``[batch, time, 1]``: the same rank as the
     analytic result, so that sums over the trailing dims need no branch. z must be
-    a reparameterised draw. Its value is that, to the bit; its gradient is chosen by
-    ``gradient``:
-
-    - ``"pathwise"``: this estimate's, which ``TraceMeanField_ELBO`` follows;
-    - ``"stl"``: sticking the landing's, log q read with the guide's parameters stopped
-      (:func:`pyro_stcn.stopped.stopped_log_prob`, given the guide's latent ``values``);
-    - ``"control-variate"``: that of :func:`control_variate_kl` where it applies, else
-      sticking the landing's.
+    a reparameterised draw; the gradient is then the pathwise one that
+    ``TraceMeanField_ELBO`` follows (:func:`kl_estimate` gives the others).
 
     Masked units are exactly 0 on both paths (on this one, a unit masked in the guide
     or in the model). The site's ``scale`` (from ``poutine.scale`` or subsampling) is
     *not* applied: free bits compare unscaled KLs with λ.
+    """
+    return kl_estimate(guide_site, model_site, "pathwise")
+
+
+def kl_estimate(
+    guide_site: dict, model_site: dict, gradient: str, values: Mapping[str, Tensor] | None = None
+) -> Tensor:
+    """:func:`unit_kl`'s KL, estimated as ``gradient`` says where it is sampled, value and
+    gradient both the estimator's own (so that free bits weigh the very estimate whose
+    gradient they scale):
+
+    - ``"pathwise"``: log q(z) - log p(z), :func:`unit_kl` itself;
+    - ``"stl"``: log q_{sg(φ)}(z) - log p(z), the guide's density with its parameters
+      stopped (:func:`pyro_stcn.stopped.stopped_log_prob`, given the guide's latent
+      ``values``): the same number, rounding aside, with sticking the landing's gradient;
+    - ``"control-variate"``: :func:`control_variate_kl` where it applies, else ``"stl"``.
+
+    Analytic KLs are the same under every estimator.
     """
     q, q_masks, event_dims = _unwrap(guide_site["fn"])
     p, p_masks, _ = _unwrap(model_site["fn"])
@@ -185,18 +197,16 @@ def unit_kl(
 
 
 def _monte_carlo_kl(guide_site: dict, model_site: dict, gradient: str, values: Mapping[str, Tensor] | None) -> Tensor:
-    """log q(z) - log p(z) per batch element, ``batch_shape + (1,) * event_dims``, with
-    the gradient of ``gradient`` (:func:`unit_kl`)."""
-    # The distributions' own masks are applied by their log_prob; the sites' here.
-    log_p = _log_density(model_site)
-    kl = _log_density(guide_site) - log_p
-    if gradient != "pathwise":  # the value of kl, the gradient of the estimate: x + 0 is x, to the bit
-        estimate = control_variate_kl(guide_site, model_site) if gradient == "control-variate" else None
-        if estimate is None:
+    """A sampled KL per batch element, ``batch_shape + (1,) * event_dims`` (:func:`kl_estimate`)."""
+    # The distributions' own masks are applied by their log_prob (or control_variate_kl); the sites' here.
+    kl = control_variate_kl(guide_site, model_site) if gradient == "control-variate" else None
+    if kl is None:
+        log_q = _log_density(guide_site)
+        if gradient != "pathwise":
             if values is None:
                 raise ValueError(f"site {guide_site['name']!r}: sticking the landing needs the guide's latent values")
-            estimate = stopped_log_prob(guide_site, values) - log_p
-        kl = kl.detach() + (estimate - estimate.detach())
+            log_q = stopped_log_prob(guide_site, values)
+        kl = log_q - _log_density(model_site)
     kl = _apply_masks(kl, [(guide_site["mask"], 0), (model_site["mask"], 0)], 0)
     event_dims = guide_site["fn"].event_dim
     return kl.reshape(kl.shape + (1,) * event_dims)
@@ -341,12 +351,13 @@ class LayerwiseELBO(TraceMeanField_ELBO):
                 log_lik = log_lik + model_site["log_prob_sum"]
                 continue
             guide_site = guide_trace.nodes[name]
-            kl = unit_kl(guide_site, model_site, self.kl_gradient, values)
+            kl = unit_kl(guide_site, model_site)  # the value reported, to the bit whatever the gradient
             kl_sum = guide_site["scale"] * kl.sum()
             layer = layer_of(model_site)
             self.kl[layer] = self.kl.get(layer, 0.0) + kl_sum.detach().double()
             kl_total = kl_total + kl_sum
-            units = per_dimension(kl, guide_site["fn"].event_shape)
+            estimate = kl if values is None else kl_estimate(guide_site, model_site, self.kl_gradient, values)
+            units = per_dimension(estimate, guide_site["fn"].event_shape)
             kl_objective = kl_objective + guide_site["scale"] * self.kl_surrogate(units)
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and name not in model_trace.nodes:

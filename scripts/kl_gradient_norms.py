@@ -17,7 +17,7 @@ import torch
 
 from pyro_stcn import runs
 from pyro_stcn.data import pad_batch
-from pyro_stcn.elbo import latent_values, unit_kl
+from pyro_stcn.elbo import kl_estimate, latent_values
 from pyro_stcn.evaluate import trace_pair
 
 ESTIMATORS = ("pathwise", "stl", "control-variate")
@@ -38,7 +38,7 @@ def term_gradients(run: runs.Run, batch: int, draws: int) -> dict[str, torch.Ten
                 value = -sum(s["log_prob_sum"] for _, s in sites if s["is_observed"])
             else:
                 values = latent_values(guide_trace)
-                value = sum(unit_kl(guide_trace.nodes[n], s, term, values).sum() for n, s in sites
+                value = sum(kl_estimate(guide_trace.nodes[n], s, term, values).sum() for n, s in sites
                             if not s["is_observed"])  # fmt: skip
             grads = torch.autograd.grad(value / len(x), params, allow_unused=True)
             rows[term].append(torch.cat([torch.zeros(p.numel()) if g is None else g.flatten()

@@ -262,3 +262,49 @@ def test_detached_rebuilds_parametric_distributions_and_refuses_others():
     flow = _Flow(3).dist(4)
     with pytest.raises(ValueError, match="TransformedDistribution.*infer=.*log_prob_stopped.*pathwise"):
         detached(flow)
+
+
+def test_free_bits_weigh_the_estimate_whose_gradient_they_scale():
+    """Linear free bits on a flow guide with the control variate: the surrogate's
+    gradient is that of -log p(x|z) + Σ_i f(KL_i) with KL_i the control variate's own
+    estimate per latent dimension (closed-form base KL plus the flow's correction, by
+    hand), not f of the plain log q - log p, whose weights on another estimate's
+    gradient made the KL run away."""
+    from tests.test_iaf import _iaf
+
+    model = make_model("stcn-dense", tiny_config())
+    guide = _iaf(model)  # flows away from the identity: the correction is not 0
+    x, mask = ragged_batch((12, 7, 3))
+    objective = LinearFreeBitsELBO(lam=0.3)
+    params = _params(model, guide)
+    pyro.set_rng_seed(4)
+    loss = objective.differentiable_loss(model.model, guide, x, mask)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+
+    pyro.set_rng_seed(4)
+    guide_trace = poutine.trace(guide).get_trace(x, mask)
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
+    x_site = model_trace.nodes["x"]
+    surrogate = -(x_site["fn"].base_dist.log_prob(x_site["value"]) * mask).sum()
+    plain, estimates = [], []
+    for name in ("z_1", "z_2", "z_3"):
+        q, z = guide_trace.nodes[name]["fn"].base_dist, guide_trace.nodes[name]["value"]  # the flow, unmasked
+        prior = model_trace.nodes[name]["fn"].base_dist.base_dist  # Normal
+        eps, log_det = z, 0.0
+        for transform in reversed(q.transforms):
+            before = transform.inv(eps)
+            log_det, eps = log_det + transform.log_abs_det_jacobian(before, eps), before
+        base = q.base_dist.base_dist  # Normal(μ̂, σ̂)
+        estimate = (torch.distributions.kl_divergence(base, prior) + prior.log_prob(eps) - prior.log_prob(z)).sum(-1)
+        units = (estimate - log_det)[mask] / z.shape[-1]  # each of the z_l dimensions' share
+        weighted = torch.where(units >= 0.3, units, units * units.detach().clamp(min=0) / 0.3)
+        surrogate = surrogate + z.shape[-1] * weighted.sum()
+        estimates.append(units.detach())
+        plain.append(((q.log_prob(z) - prior.log_prob(z).sum(-1))[mask] / z.shape[-1]).detach())
+    estimates, plain = torch.cat(estimates), torch.cat(plain)
+    assert (estimates < 0.3).any() and (estimates >= 0.3).any()  # both sides of λ
+    assert ((plain >= 0.3) != (estimates >= 0.3)).any()  # the plain estimate would weigh some differently
+    expected = torch.autograd.grad(surrogate, params, allow_unused=True)
+    for g, e, p in zip(grads, expected, params):
+        torch.testing.assert_close(torch.zeros_like(p) if g is None else g, torch.zeros_like(p) if e is None else e,
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
