@@ -1,8 +1,8 @@
 """Pyro guides: the precision-weighted ladder, the independent posterior and the
 inverse-autoregressive-flow posterior for STCN and MS-STCN, the VRNN's filtering
 posterior, and the empty guide of the deterministic baselines. Which guide fits
-which model is registered with each model family in :mod:`pyro_stcn.families`;
-build one with :func:`pyro_stcn.registry.make_guide`."""
+which model is registered with each model family in :mod:`pyro_stcn.runs.families`;
+build one with :func:`pyro_stcn.runs.registry.make_guide`."""
 
 from pyro_stcn.guides.deterministic import NoLatentGuide
 from pyro_stcn.guides.iaf import IAFGuide, MultiscaleIAFGuide

@@ -31,7 +31,7 @@ suggests it; the warning is silenced here because that is what is wanted.
 
 The flow has no closed-form KL against the model's prior. The objectives estimate it as
 the base's closed-form KL plus the flow's sampled correction where they can
-(:mod:`pyro_stcn.elbo`), which at the identity is the Gaussian guide's own KL.
+(:mod:`pyro_stcn.inference.objectives`), which at the identity is the Gaussian guide's own KL.
 
 References:
     [1] Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, "Improving Variational
@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependentGuide
 from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
 from pyro_stcn.models.stcn import STCN
-from pyro_stcn.wavenet import Features
+from pyro_stcn.nets.trunk import Features
 
 
 class GatedAutoRegressiveNN(ConditionalAutoRegressiveNN):

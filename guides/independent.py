@@ -7,7 +7,7 @@ KL between guide and model stays analytic (paper 1, eq. 13 and 15). This class a
 holds the top-down loop that :class:`guides.ladder.LadderGuide` reuses.
 
 Each site also gives its density with every parameter stopped
-(:mod:`pyro_stcn.stopped`), which the sticking-the-landing and DReG gradients read:
+(:mod:`pyro_stcn.inference.stopped`), which the sticking-the-landing and DReG gradients read:
 q(z^l_t | z^{l+1}_t) with the guide's nets, the model's nets and the trunk features
 held fixed, z^l_t and z^{l+1}_t live. It is built from :meth:`posterior_dist`, so a
 subclass that overrides that hook gets it too.
@@ -33,12 +33,12 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.heads import GaussianHead, join, layer_heads
+from pyro_stcn.inference.params import register
+from pyro_stcn.inference.stopped import LOG_PROB_STOPPED, frozen
 from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
 from pyro_stcn.models.stcn import STCN
-from pyro_stcn.params import register
-from pyro_stcn.stopped import LOG_PROB_STOPPED, frozen
-from pyro_stcn.wavenet import Features
+from pyro_stcn.nets.heads import GaussianHead, join, layer_heads
+from pyro_stcn.nets.trunk import Features
 
 
 class IndependentGuide(nn.Module):
@@ -75,7 +75,7 @@ class IndependentGuide(nn.Module):
     def log_prob_stopped(self, layer: int, feats: Features, mask: Tensor, values: Mapping[str, Tensor]) -> Tensor:
         """log q(z^l_t | z^{l+1}_t) at ``values["z_l"]``, ``[batch, time]``, with every
         parameter stopped: this guide's nets and the model's frozen, the trunk features
-        detached, z^{l+1}_t read from ``values`` and left live (:mod:`pyro_stcn.stopped`)."""
+        detached, z^{l+1}_t read from ``values`` and left live (:mod:`pyro_stcn.inference.stopped`)."""
         d = Features(*([h.detach() for h in hs] for hs in feats))
         z_above = values.get(f"z_{layer + 2}")  # None at the top layer
         q = lambda: self.posterior_dist(layer, d, z_above).mask(mask).log_prob(values[f"z_{layer + 1}"])  # noqa: E731
@@ -125,7 +125,7 @@ class MultiscaleIndependentGuide(nn.Module):
 
     def log_prob_stopped(self, layer: int, h: Tensor, feats: MSFeatures, values: Mapping[str, Tensor]) -> Tensor:
         """log q(z^l) at ``values["z_l"]``, ``[batch, T_l]``, with this guide's nets and the
-        model's frozen and h^l and d^l detached (:mod:`pyro_stcn.stopped`)."""
+        model's frozen and h^l and d^l detached (:mod:`pyro_stcn.inference.stopped`)."""
         fixed = dataclasses.replace(feats, d=[d.detach() for d in feats.d])
         q = lambda: self.posterior_dist(layer, h.detach(), fixed).mask(feats.masks[layer])  # noqa: E731
         return frozen(lambda: q().log_prob(values[f"z_{layer + 1}"]), self, self.ms_stcn)

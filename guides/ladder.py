@@ -21,7 +21,7 @@ from pyro_stcn.guides.independent import IndependentGuide, MultiscaleIndependent
 from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
 from pyro_stcn.models.priors import GaussianPrior
 from pyro_stcn.models.stcn import STCN
-from pyro_stcn.wavenet import Features
+from pyro_stcn.nets.trunk import Features
 
 
 def precision_weighted(loc_a: Tensor, scale_a: Tensor, loc_b: Tensor, scale_b: Tensor) -> tuple[Tensor, Tensor]:

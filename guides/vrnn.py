@@ -15,9 +15,9 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.heads import GaussianHead
+from pyro_stcn.inference.params import register
 from pyro_stcn.models.vrnn import VRNN, latent_site
-from pyro_stcn.params import register
+from pyro_stcn.nets.heads import GaussianHead
 
 
 class VRNNGuide(nn.Module):

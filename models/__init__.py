@@ -1,6 +1,6 @@
 """Pyro generative models: STCN and STCN-dense, MS-STCN, their swappable priors, and
 the baselines Wavenet, Wavenet-dense, RNN and VRNN. Each family is registered by
-name in :mod:`pyro_stcn.families`; build one with :func:`pyro_stcn.registry.make_model`."""
+name in :mod:`pyro_stcn.runs.families`; build one with :func:`pyro_stcn.runs.registry.make_model`."""
 
 from pyro_stcn.models.ms_stcn import MSSTCN, MSSTCNConfig
 from pyro_stcn.models.ms_stcn_layouts import MS_STCN_LAYOUTS

@@ -40,15 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample, sampler, start_sequences
-from pyro_stcn.handoff import FeatureHandoff
-from pyro_stcn.masks import coarse_masks, pad_to_multiple, zero_padding
+from pyro_stcn.inference.handoff import FeatureHandoff
+from pyro_stcn.inference.params import register
 from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
-from pyro_stcn.normalise import standardisation
-from pyro_stcn.observation import Observation, rename_old_observation_keys
-from pyro_stcn.params import register
-from pyro_stcn.wavenet import GatedBlock
+from pyro_stcn.nets.checks import check_batch
+from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
+from pyro_stcn.nets.masks import coarse_masks, pad_to_multiple, zero_padding
+from pyro_stcn.nets.normalise import standardisation
+from pyro_stcn.nets.observation import Observation, rename_old_observation_keys
+from pyro_stcn.nets.trunk import GatedBlock
 
 
 @dataclass
@@ -66,7 +66,7 @@ class MSSTCNConfig:
     top_down_blocks: int = 2
     latent: bool = True
     prior: str = "dynamic"  # p(z^l | h^l), a name in models.priors.PRIORS
-    # Training-split statistics; the nets see (x - shift) / scale (pyro_stcn.normalise).
+    # Training-split statistics; the nets see (x - shift) / scale (pyro_stcn.nets.normalise).
     shift: list[float] | None = None
     scale: list[float] | None = None
 
@@ -178,7 +178,7 @@ class MSSTCN(nn.Module):
     def factor_steps(self) -> int:
         """Given x, the latents of one block of the coarsest layer (Π_l s_l fine steps)
         share no factor with other blocks: the top-down nets are 1x1 and upsample within
-        a block (pyro_stcn.factors)."""
+        a block (pyro_stcn.inference.factors)."""
         return self.total_stride
 
     def bottom_up_features(self, x: Tensor, mask: Tensor) -> MSFeatures:

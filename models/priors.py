@@ -5,7 +5,7 @@ of z^l, ``layer`` the index (0 = bottom), with event dim 1 and batch shape
 ``context.shape[:-1]``. ``context`` ``[batch, time, channels]`` is everything that
 layer's prior conditions on:
 
-- STCN: [d^l_{t-1}, z^{l+1}_t] (``pyro_stcn.heads.join``; d^L_{t-1} alone at the top);
+- STCN: [d^l_{t-1}, z^{l+1}_t] (``pyro_stcn.nets.heads.join``; d^L_{t-1} alone at the top);
 - MS-STCN: h^l;
 - VRNN: h_{t-1} (one layer).
 
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.choices import choose
-from pyro_stcn.heads import GaussianHead, bounded_softplus, mlp
+from pyro_stcn.nets.heads import GaussianHead, bounded_softplus, mlp
 
 
 class Prior(nn.Module):

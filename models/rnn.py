@@ -20,12 +20,12 @@ import pyro
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample, sampler, start_sequences
-from pyro_stcn.masks import zero_padding
-from pyro_stcn.normalise import standardisation
-from pyro_stcn.observation import Observation
-from pyro_stcn.params import register
+from pyro_stcn.inference.params import register
+from pyro_stcn.nets.checks import check_batch
+from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
+from pyro_stcn.nets.masks import zero_padding
+from pyro_stcn.nets.normalise import standardisation
+from pyro_stcn.nets.observation import Observation
 
 
 @dataclass
@@ -42,7 +42,7 @@ class RNNConfig:
 class RNN(nn.Module):
     """The LSTM baseline; :meth:`model` is the Pyro model."""
 
-    factor_steps = 1  # no latents: every step is its own factor, and the bound is exact (pyro_stcn.factors)
+    factor_steps = 1  # no latents: every step is its own factor, and the bound is exact (pyro_stcn.inference.factors)
 
     def __init__(self, config: RNNConfig):
         super().__init__()

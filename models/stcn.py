@@ -2,7 +2,7 @@
 
 Generative model, for each step t, top-down over layers l = L..1:
 
-    d_{t-1} = TCN(x_{<t})                          (pyro_stcn.wavenet)
+    d_{t-1} = TCN(x_{<t})                          (pyro_stcn.nets.trunk)
     z^L_t  ~ p(z^L_t | d^L_{t-1})
     z^l_t  ~ p(z^l_t | z^{l+1}_t, d^l_{t-1})       (models.priors, eq. 8-10)
     x_t    ~ p(x_t | z^1_t)                        STCN        (eq. 11)
@@ -27,16 +27,16 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, over_trunk, sample, sampler, start_sequences
-from pyro_stcn.handoff import FeatureHandoff, PriorHandoff
-from pyro_stcn.heads import join
-from pyro_stcn.masks import zero_padding
+from pyro_stcn.inference.handoff import FeatureHandoff, PriorHandoff
+from pyro_stcn.inference.params import register
 from pyro_stcn.models.priors import GaussianPrior, make_prior
-from pyro_stcn.normalise import standardisation
-from pyro_stcn.observation import Observation, rename_old_observation_keys
-from pyro_stcn.params import register
-from pyro_stcn.wavenet import Features, Wavenet
+from pyro_stcn.nets.checks import check_batch
+from pyro_stcn.nets.generation import Draw, over_trunk, sample, sampler, start_sequences
+from pyro_stcn.nets.heads import join
+from pyro_stcn.nets.masks import zero_padding
+from pyro_stcn.nets.normalise import standardisation
+from pyro_stcn.nets.observation import Observation, rename_old_observation_keys
+from pyro_stcn.nets.trunk import Features, Wavenet
 
 
 @dataclass
@@ -53,7 +53,7 @@ class STCNConfig:
     hidden: int = 256  # width of the prior, posterior and output 1x1 nets
     output_layers: int = 2  # 1x1 conv + ReLU layers before the likelihood head
     components: int = 20  # mixture components, for the gmm and handwriting likelihoods
-    # Training-split statistics; the nets see (x - shift) / scale (pyro_stcn.normalise).
+    # Training-split statistics; the nets see (x - shift) / scale (pyro_stcn.nets.normalise).
     shift: list[float] | None = None
     scale: list[float] | None = None
 
@@ -61,7 +61,7 @@ class STCNConfig:
 class STCN(nn.Module):
     """STCN (``dense=False``) or STCN-dense (``dense=True``); :meth:`model` is the Pyro model."""
 
-    # Given x, z_t meets only d_{t-1}(x), d_t(x) and x_t: each step is its own factor (pyro_stcn.factors).
+    # Given x, z_t meets only d_{t-1}(x), d_t(x) and x_t: each step is its own factor (pyro_stcn.inference.factors).
     factor_steps = 1
 
     def __init__(self, config: STCNConfig):

@@ -18,7 +18,7 @@ Every latent site carries ``infer={"layer": "z"}``, so that the ELBO's KL record
 the evaluation report one KL for the whole sequence rather than one per step.
 
 The guide runs the recurrence with its own draws and hands the pass to the model
-(``pyro_stcn.handoff``, as MS-STCN does): while the model's sites return the guide's
+(``pyro_stcn.inference.handoff``, as MS-STCN does): while the model's sites return the guide's
 very z tensors, as under Pyro's replay, it takes the guide's LSTM states rather than
 recomputing them, so each SVI step runs the LSTM once.
 
@@ -36,14 +36,14 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, sample, sampler, start_sequences
-from pyro_stcn.handoff import FeatureHandoff
-from pyro_stcn.masks import zero_padding
+from pyro_stcn.inference.handoff import FeatureHandoff
+from pyro_stcn.inference.params import register
 from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
-from pyro_stcn.normalise import standardisation
-from pyro_stcn.observation import Observation
-from pyro_stcn.params import register
+from pyro_stcn.nets.checks import check_batch
+from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
+from pyro_stcn.nets.masks import zero_padding
+from pyro_stcn.nets.normalise import standardisation
+from pyro_stcn.nets.observation import Observation
 
 
 @dataclass
@@ -86,7 +86,7 @@ class VRNNFeatures:
 class VRNN(nn.Module):
     """The VRNN's generative networks; :meth:`model` is the Pyro model."""
 
-    factor_steps = None  # z_t feeds the LSTM state: the latents do not factorise over time (pyro_stcn.factors)
+    factor_steps = None  # z_t feeds the LSTM state: no factorisation over time (pyro_stcn.inference.factors)
 
     def __init__(self, config: VRNNConfig):
         super().__init__()

@@ -1,6 +1,6 @@
 """Wavenet and Wavenet-dense: the deterministic baselines of paper 1 (section 4).
 
-The same causal TCN trunk as STCN (``pyro_stcn.wavenet``), with no latent variables:
+The same causal TCN trunk as STCN (``pyro_stcn.nets.trunk``), with no latent variables:
 
     d_{t-1} = TCN(x_{<t})
     x_t ~ p(x_t | d^L_{t-1})                      Wavenet
@@ -23,13 +23,13 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.checks import check_batch
-from pyro_stcn.generate import Draw, over_trunk, sample, sampler, start_sequences
-from pyro_stcn.masks import zero_padding
-from pyro_stcn.normalise import standardisation
-from pyro_stcn.observation import Observation
-from pyro_stcn.params import register
-from pyro_stcn.wavenet import Wavenet
+from pyro_stcn.inference.params import register
+from pyro_stcn.nets.checks import check_batch
+from pyro_stcn.nets.generation import Draw, over_trunk, sample, sampler, start_sequences
+from pyro_stcn.nets.masks import zero_padding
+from pyro_stcn.nets.normalise import standardisation
+from pyro_stcn.nets.observation import Observation
+from pyro_stcn.nets.trunk import Wavenet
 
 
 @dataclass
@@ -54,7 +54,7 @@ class WavenetModel(nn.Module):
     """Wavenet (``dense=False``) or Wavenet-dense (``dense=True``); :meth:`model` is the
     Pyro model."""
 
-    factor_steps = 1  # no latents: every step is its own factor, and the bound is exact (pyro_stcn.factors)
+    factor_steps = 1  # no latents: every step is its own factor, and the bound is exact (pyro_stcn.inference.factors)
 
     def __init__(self, config: WavenetConfig):
         super().__init__()

@@ -3,19 +3,19 @@
 The library core: the causal TCN trunk, likelihoods, ELBOs, schedules, data,
 training, evaluation, generation and plots. The models (``pyro_stcn.models``) and
 guides (``pyro_stcn.guides``) build on it; the registry of model families
-(:mod:`pyro_stcn.registry`, filled by :mod:`pyro_stcn.families`), the run API
-(:mod:`pyro_stcn.runs`) and the command line (:mod:`pyro_stcn.cli`) sit on top.
+(:mod:`pyro_stcn.runs.registry`, filled by :mod:`pyro_stcn.runs.families`), the run API
+(:mod:`pyro_stcn.runs.api`) and the command line (:mod:`pyro_stcn.cli.main`) sit on top.
 """
 
-from pyro_stcn.elbo import (
+from pyro_stcn.inference import (
     AnnealedELBO,
     FreeBitsELBO,
     LayerwiseELBO,
     LinearFreeBitsELBO,
     make_objective,
 )
-from pyro_stcn.registry import Family, make_guide, make_model, register
-from pyro_stcn.wavenet import Features, GatedBlock, Wavenet
+from pyro_stcn.nets.trunk import Features, GatedBlock, Wavenet
+from pyro_stcn.runs.registry import Family, make_guide, make_model, register
 
 __all__ = [
     "AnnealedELBO",

@@ -17,8 +17,8 @@ import torch
 
 from pyro_stcn import runs
 from pyro_stcn.data import pad_batch
-from pyro_stcn.elbo import kl_estimate, latent_values
-from pyro_stcn.evaluate import trace_pair
+from pyro_stcn.evaluation.bounds import trace_pair
+from pyro_stcn.inference.kl import kl_estimate, latent_values
 
 ESTIMATORS = ("pathwise", "stl", "control-variate")
 

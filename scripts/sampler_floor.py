@@ -13,7 +13,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from pyro_stcn.benchmark import interleaved, stcn_dense_setup
+from pyro_stcn.bench.benchmark import interleaved, stcn_dense_setup
 
 STEPS = 50  # generated steps per timed call
 

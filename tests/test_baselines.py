@@ -9,10 +9,10 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_stcn.elbo import LayerwiseELBO
-from pyro_stcn.evaluate import evaluate_elbo, iwae_bound, sequence_terms
+from pyro_stcn.evaluation.bounds import evaluate_elbo, iwae_bound, sequence_terms
+from pyro_stcn.inference.objectives import LayerwiseELBO
 from pyro_stcn.models import RNNConfig, VRNNConfig, WavenetConfig
-from pyro_stcn.registry import default_guide, make_guide, make_model
+from pyro_stcn.runs.registry import default_guide, make_guide, make_model
 from tests.conftest import ragged_batch
 
 T = 12

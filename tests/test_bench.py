@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import run
-from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO
+from pyro_stcn.bench.handwritten import ms_stcn_independent_loss, stcn_ladder_loss
+from pyro_stcn.inference.objectives import LayerwiseELBO, LinearFreeBitsELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS, STCNConfig
-from pyro_stcn.reference_loss import ms_stcn_independent_loss, stcn_ladder_loss
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.runs.registry import make_guide, make_model
 
 
 def handwriting_batch() -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_stcn.evaluate import evaluate_elbo, evaluate_iwae, iwae_bound, sequence_terms
-from pyro_stcn.masks import zero_padding
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.evaluation.bounds import evaluate_elbo, evaluate_iwae, iwae_bound, sequence_terms
+from pyro_stcn.nets.masks import zero_padding
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 

@@ -205,7 +205,7 @@ def test_iamondb_split_lists_from_the_command_line(tmp_path):
 
 
 def test_validation_on_the_first_sequences_only(tmp_path, monkeypatch):
-    import pyro_stcn.train
+    import pyro_stcn.training.loop
 
     seen = []
 
@@ -213,8 +213,8 @@ def test_validation_on_the_first_sequences_only(tmp_path, monkeypatch):
         seen.append(len(sequences))
         return evaluate(model, guide, sequences, **kwargs)
 
-    evaluate = pyro_stcn.train.evaluate_elbo
-    monkeypatch.setattr(pyro_stcn.train, "evaluate_elbo", counting)
+    evaluate = pyro_stcn.training.loop.evaluate_elbo
+    monkeypatch.setattr(pyro_stcn.training.loop, "evaluate_elbo", counting)
     run.main(["train", *TOY, "--valid-sequences", "5", "--out", str(tmp_path / "r"), "--no-progress"])
     assert seen == [5, 5]  # steps 3 and 6
     with pytest.raises(SystemExit, match="valid_sequences must be positive, got 0"):
@@ -271,7 +271,7 @@ def test_binary_sequences_that_are_not_images_are_not_drawn_or_reported_as_image
     config = json.loads((out / "config.json").read_text())
     assert config["net"]["likelihood"] == "bernoulli"
     grids = []
-    monkeypatch.setattr("pyro_stcn.plots.plot_image_grids", lambda *a, **k: grids.append(a))
+    monkeypatch.setattr("pyro_stcn.evaluation.plots.plot_image_grids", lambda *a, **k: grids.append(a))
     capsys.readouterr()
     run.main(["evaluate", "--run", str(out), "--device", "cpu"])
     run.main(["sample", "--run", str(out), "--num", "4", "--device", "cpu"])

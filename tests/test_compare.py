@@ -8,8 +8,8 @@ import torch
 
 from pyro_stcn import cli as run
 from pyro_stcn import runs
-from pyro_stcn.evaluate import evaluate_elbo, evaluate_iwae
-from pyro_stcn.factors import factor_steps_of
+from pyro_stcn.evaluation.bounds import evaluate_elbo, evaluate_iwae
+from pyro_stcn.inference.factors import factor_steps_of
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_bad_compare_flags_are_refused(capsys):
 
 
 def test_a_comparison_directory_in_use_is_refused(tmp_path):
-    from pyro_stcn.lock import RunLock
+    from pyro_stcn.training.lock import RunLock
 
     with RunLock(tmp_path / "cmp"):
         with pytest.raises(SystemExit, match="cmp"):

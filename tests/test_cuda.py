@@ -4,9 +4,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_stcn.elbo import LinearFreeBitsELBO
-from pyro_stcn.evaluate import evaluate_elbo
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.evaluation.bounds import evaluate_elbo
+from pyro_stcn.inference.objectives import LinearFreeBitsELBO
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pyro_stcn import cli, runs
-from pyro_stcn.checkpoint import load_checkpoint
+from pyro_stcn.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).parents[1]
 TINY = ["--valid-sequences", "20", "--batch-size", "8", "--hidden", "8", "--no-progress"]

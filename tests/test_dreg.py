@@ -11,9 +11,9 @@ import torch
 from pyro import poutine
 from torch.distributions import Normal
 
-from pyro_stcn.elbo import ImportanceWeightedELBO
-from pyro_stcn.heads import join
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.inference.importance import ImportanceWeightedELBO
+from pyro_stcn.nets.heads import join
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_bounds import _setup as _one_unit_setup
 

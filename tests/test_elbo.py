@@ -7,17 +7,17 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import Normal, kl_divergence
 
-from pyro_stcn.elbo import (
+from pyro_stcn.evaluation.bounds import iwae_bound, sequence_terms
+from pyro_stcn.inference import (
     AnnealedELBO,
     FreeBitsELBO,
     LayerwiseELBO,
     LinearFreeBitsELBO,
     make_objective,
-    unit_kl,
 )
-from pyro_stcn.evaluate import iwae_bound, sequence_terms
-from pyro_stcn.heads import join
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.inference.kl import unit_kl
+from pyro_stcn.nets.heads import join
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 

@@ -11,10 +11,16 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_stcn.evaluate import factor_log_weights, factorised_iwae_bound, iwae_bound, sequence_terms, trace_pair
-from pyro_stcn.factors import factor_label, factor_steps_of, trace_log_weights
-from pyro_stcn.registry import make_guide, make_model
-from pyro_stcn.runs import bound_factor_steps
+from pyro_stcn.evaluation.bounds import (
+    factor_log_weights,
+    factorised_iwae_bound,
+    iwae_bound,
+    sequence_terms,
+    trace_pair,
+)
+from pyro_stcn.inference.factors import factor_label, factor_steps_of, trace_log_weights
+from pyro_stcn.runs.api import bound_factor_steps
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_baselines import tiny
 from tests.test_bounds import _exact_log_likelihood, _setup

@@ -9,8 +9,8 @@ from pyro import poutine
 
 from pyro_stcn.models import MSSTCNConfig, STCNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
-from pyro_stcn.registry import make_model
-from pyro_stcn.wavenet import Wavenet
+from pyro_stcn.nets.trunk import Wavenet
+from pyro_stcn.runs.registry import make_model
 
 LIKELIHOODS = [("bernoulli", 1), ("handwriting", 3), ("gmm", 4)]
 

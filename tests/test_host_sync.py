@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pyro_stcn import distributed
-from pyro_stcn.elbo import make_objective
-from pyro_stcn.registry import make_guide, make_model
-from pyro_stcn.train import TrainConfig, TrainState, _Run
+from pyro_stcn.inference import make_objective
+from pyro_stcn.runs.registry import make_guide, make_model
+from pyro_stcn.training import distributed
+from pyro_stcn.training.loop import TrainConfig, TrainState, _Run
 from tests.conftest import ragged_batch, tiny_config
 
 # The Tensor methods that copy a value to the host (checked below to reach the mode).

@@ -12,7 +12,7 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
 from pyro_stcn.guides import IAFGuide, MultiscaleIAFGuide
-from pyro_stcn.registry import family_of, make_guide, make_model
+from pyro_stcn.runs.registry import family_of, make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config, traced
 from tests.test_causality import _grad_by_step
 from tests.test_ms_stcn import tiny_ms

@@ -6,7 +6,7 @@ import torch
 
 from pyro_stcn.models import VRNNConfig
 from pyro_stcn.models.priors import make_prior
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 

@@ -13,9 +13,10 @@ from pyro.infer import Trace_ELBO
 from torch.distributions import Normal
 
 from pyro_stcn import cli as run
-from pyro_stcn.elbo import ImportanceWeightedELBO, make_objective
-from pyro_stcn.heads import join
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.inference import make_objective
+from pyro_stcn.inference.importance import ImportanceWeightedELBO
+from pyro_stcn.nets.heads import join
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_baselines import tiny
 from tests.test_cli import TOY

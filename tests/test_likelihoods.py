@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_stcn.guides import precision_weighted
-from pyro_stcn.likelihoods import PenStroke, diagonal_gmm, make_likelihood
+from pyro_stcn.nets.likelihoods import PenStroke, diagonal_gmm, make_likelihood
 
 N = 200_000
 

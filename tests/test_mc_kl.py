@@ -17,12 +17,13 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor, nn
 
-from pyro_stcn.elbo import AnnealedELBO, FreeBitsELBO, LayerwiseELBO, LinearFreeBitsELBO, unit_kl
-from pyro_stcn.evaluate import sequence_terms
+from pyro_stcn.evaluation.bounds import sequence_terms
 from pyro_stcn.guides import LadderGuide
 from pyro_stcn.guides.independent import IndependentGuide
-from pyro_stcn.heads import join
+from pyro_stcn.inference.kl import unit_kl
+from pyro_stcn.inference.objectives import AnnealedELBO, FreeBitsELBO, LayerwiseELBO, LinearFreeBitsELBO
 from pyro_stcn.models import STCN
+from pyro_stcn.nets.heads import join
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_elbo import _loss_and_grads
 

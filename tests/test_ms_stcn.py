@@ -12,11 +12,12 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Normal
 
 from pyro_stcn.data import pad_batch
-from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, unit_kl
-from pyro_stcn.evaluate import evaluate_elbo, sequence_terms
+from pyro_stcn.evaluation.bounds import evaluate_elbo, sequence_terms
+from pyro_stcn.inference.kl import unit_kl
+from pyro_stcn.inference.objectives import LayerwiseELBO, LinearFreeBitsELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS, MSSTCNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, traced
 
 STRIDES = [[1, 1, 1], [1, 2, 2], [2, 3, 1], [1, 2, 2, 2, 1], [1, 5, 5, 4, 1]]

@@ -5,9 +5,9 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_stcn.elbo import LayerwiseELBO
-from pyro_stcn.normalise import Standardisation
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.inference.objectives import LayerwiseELBO
+from pyro_stcn.nets.normalise import Standardisation
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_ms_stcn import tiny_ms
 

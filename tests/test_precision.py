@@ -10,11 +10,11 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_stcn.elbo import LayerwiseELBO
+from pyro_stcn.inference.objectives import LayerwiseELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS
-from pyro_stcn.precision import network_autocast
-from pyro_stcn.registry import make_guide, make_model
-from pyro_stcn.train import TrainConfig
+from pyro_stcn.nets.precision import network_autocast
+from pyro_stcn.runs.registry import make_guide, make_model
+from pyro_stcn.training.loop import TrainConfig
 from tests.conftest import ragged_batch, tiny_config
 
 

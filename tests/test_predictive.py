@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from pyro_stcn.evaluation.predictive import lag1_autocorrelation, one_step_ahead, posterior_predictive_check, statistics
 from pyro_stcn.models import MSSTCNConfig
-from pyro_stcn.predictive import lag1_autocorrelation, one_step_ahead, posterior_predictive_check, statistics
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from pyro_stcn import cli as run
-from pyro_stcn import presets, runs
+from pyro_stcn import runs
 from pyro_stcn.data import pad_batch
-from pyro_stcn.elbo import make_objective
-from pyro_stcn.presets import PRESETS, as_flags
-from pyro_stcn.registry import family_of
+from pyro_stcn.inference import make_objective
+from pyro_stcn.runs import presets
+from pyro_stcn.runs.presets import PRESETS, as_flags
+from pyro_stcn.runs.registry import family_of
 from tests.test_data_formats import TWO_STROKES, _lasa_mat, _wav
 
 

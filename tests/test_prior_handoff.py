@@ -3,8 +3,8 @@ per step, and the loss and gradients are those of running them twice."""
 
 import torch
 
-from pyro_stcn.elbo import LayerwiseELBO
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.inference.objectives import LayerwiseELBO
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 
 

@@ -18,7 +18,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro_stcn.models import MSSTCNConfig, VRNNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.models.priors import PRIORS, DynamicPrior, MixturePrior, StandardPrior, make_prior
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config, traced
 from tests.test_generation import _check_against_the_full_model
 

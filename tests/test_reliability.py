@@ -5,7 +5,7 @@ Preemption is tested on real processes: ``run.py train`` in a subprocess stopped
 SIGTERM (or SIGINT) during a step, or by ``kill -9`` while it writes ``last.pt``, then
 resumed; its log and every tensor of its checkpoints must equal those of a run that
 was never stopped, bit for bit. The test hooks (``PYRO_STCN_TEST_HOOKS``, see
-:mod:`pyro_stcn.train`) put the signal or the kill at an exact step, so the tests are
+:mod:`pyro_stcn.training.loop`) put the signal or the kill at an exact step, so the tests are
 deterministic. Nets are tiny, runs 6 steps."""
 
 import csv
@@ -23,9 +23,10 @@ import pytest
 import torch
 
 import run
-from pyro_stcn import checkpoint, train
-from pyro_stcn.checkpoint import load_checkpoint
-from pyro_stcn.lock import RunLock
+from pyro_stcn.training import checkpoint
+from pyro_stcn.training import loop as train
+from pyro_stcn.training.checkpoint import load_checkpoint
+from pyro_stcn.training.lock import RunLock
 
 ROOT = Path(__file__).parents[1]
 TOY = ["--steps", "6", "--valid-every", "3", "--channels", "8", "--hidden", "8", "--z-dims", "4,2", "--blocks", "2",
@@ -230,8 +231,8 @@ def test_data_finite_as_float64_but_not_as_float32_is_refused(tmp_path, capsys):
 def test_a_second_process_is_refused_and_a_dead_ones_lock_is_taken(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pyro_stcn.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
-         "print('held', flush=True); time.sleep(120)", str(out)],
+        [sys.executable, "-c", "import sys, time; from pyro_stcn.training.lock import RunLock; "
+         "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

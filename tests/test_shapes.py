@@ -7,8 +7,8 @@ import torch
 from pyro.infer import Predictive, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from pyro_stcn.elbo import LinearFreeBitsELBO
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.inference.objectives import LinearFreeBitsELBO
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config, traced
 
 LENGTHS = (12, 7, 3)

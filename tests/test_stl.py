@@ -18,9 +18,10 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 from torch import nn
 
-from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO, latent_values
-from pyro_stcn.registry import make_guide, make_model
-from pyro_stcn.stopped import LOG_PROB_STOPPED, detached, frozen, stopped_log_prob
+from pyro_stcn.inference.kl import latent_values
+from pyro_stcn.inference.objectives import LayerwiseELBO, LinearFreeBitsELBO
+from pyro_stcn.inference.stopped import LOG_PROB_STOPPED, detached, frozen, stopped_log_prob
+from pyro_stcn.runs.registry import make_guide, make_model
 from tests.conftest import ragged_batch, tiny_config
 from tests.test_ms_stcn import tiny_ms
 
@@ -103,7 +104,7 @@ def test_the_mean_check_sees_a_biased_gradient(monkeypatch):
     """The check above has power: dropping log q's gradient altogether (its path
     through z too) is biased, and fails it."""
     real = stopped_log_prob
-    monkeypatch.setattr("pyro_stcn.elbo.stopped_log_prob", lambda site, values: real(site, values).detach())
+    monkeypatch.setattr("pyro_stcn.inference.kl.stopped_log_prob", lambda site, values: real(site, values).detach())
     differences, _ = _paired_differences("mixture", draws=64)
     assert not _mean_is_zero(differences)
 
@@ -221,7 +222,7 @@ def test_a_mixture_prior_is_stood_in_for_by_its_moments():
     """The stand-in's mean and variance are the mixture's (by sampling it); a mixture of
     coinciding components is its stand-in, so a Gaussian guide against it gets the
     closed-form KL's gradient."""
-    from pyro_stcn.elbo import _moments
+    from pyro_stcn.inference.kl import _moments
 
     g = torch.Generator().manual_seed(0)
     loc, scale, logits = torch.randn(4, 3, 2, generator=g), torch.rand(4, 3, 2, generator=g) + 0.2, torch.randn(4, 3)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyro_stcn import cli
-from pyro_stcn.checkpoint import load_checkpoint
+from pyro_stcn.training.checkpoint import load_checkpoint
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

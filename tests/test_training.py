@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from pyro_stcn import cli
-from pyro_stcn.checkpoint import load_checkpoint
 from pyro_stcn.data import load_digits_splits, pad_batch
-from pyro_stcn.elbo import AnnealedELBO, LayerwiseELBO
-from pyro_stcn.evaluate import evaluate_elbo
+from pyro_stcn.evaluation.baselines import independent_bernoulli_nll
+from pyro_stcn.evaluation.bounds import evaluate_elbo
+from pyro_stcn.inference.objectives import AnnealedELBO, LayerwiseELBO
 from pyro_stcn.models import STCNConfig
-from pyro_stcn.reference import independent_bernoulli_nll
-from pyro_stcn.registry import make_guide, make_model
-from pyro_stcn.train import TrainConfig, TrainState, train
+from pyro_stcn.runs.registry import make_guide, make_model
+from pyro_stcn.training.checkpoint import load_checkpoint
+from pyro_stcn.training.loop import TrainConfig, TrainState, train
 
 SMALL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[8, 4, 4, 2], channels=16, blocks=4, hidden=16)
 

@@ -34,7 +34,7 @@ KINDS = {
 @dataclass
 class Splits:
     """Train, validation and test sequences of one dataset, the likelihood that suits
-    its values (a name from ``pyro_stcn.likelihoods.LIKELIHOODS``) and what kind of
+    its values (a name from ``pyro_stcn.nets.likelihoods.LIKELIHOODS``) and what kind of
     data it is (a key of :data:`KINDS`)."""
 
     train: list[Tensor]

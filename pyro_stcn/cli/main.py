@@ -14,7 +14,7 @@
 ``python run.py`` is the same command. ``pyro-stcn COMMAND --help`` lists every option.
 
 This module parses arguments and prints; what it runs is the library: runs
-(:mod:`pyro_stcn.runs`), the model registry (:mod:`pyro_stcn.registry`), training,
+(:mod:`pyro_stcn.runs.api`), the model registry (:mod:`pyro_stcn.runs.registry`), training,
 evaluation, generation and plots. Every failure is one ``error: ...`` line on stderr
 and an exit code (:func:`main`): 2 for usage errors (a flag, file or field that cannot
 be used: ``ValueError``, ``FileNotFoundError``, a run directory in use), 1 for a run
@@ -34,21 +34,24 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pyro_stcn import benchmark, distributed, evaluate, runs
-from pyro_stcn.benchmark import time_generation
-from pyro_stcn.compare import compare, write_comparison
+from pyro_stcn import runs
+from pyro_stcn.bench import benchmark
+from pyro_stcn.bench.benchmark import time_generation
 from pyro_stcn.data import DATASETS, FORMATS, Splits, pad_batch
 from pyro_stcn.data.wav import write_wav
-from pyro_stcn.elbo import OBJECTIVES
-from pyro_stcn.likelihoods import LIKELIHOODS
-from pyro_stcn.lock import hold
+from pyro_stcn.evaluation import bounds
+from pyro_stcn.evaluation.baselines import independent_bernoulli_nll
+from pyro_stcn.evaluation.compare import compare, write_comparison
+from pyro_stcn.evaluation.plots import plot_kl_bars, plot_layer_kl, plot_losses, plot_ppc, plot_sequences, read_log
+from pyro_stcn.evaluation.predictive import check_table, one_step_ahead, posterior_predictive_check
+from pyro_stcn.inference import OBJECTIVES
 from pyro_stcn.models import MS_STCN_LAYOUTS, PRIORS
-from pyro_stcn.plots import plot_kl_bars, plot_layer_kl, plot_losses, plot_ppc, plot_sequences, read_log
-from pyro_stcn.predictive import check_table, one_step_ahead, posterior_predictive_check
-from pyro_stcn.presets import PRESETS, apply_preset, as_flags
-from pyro_stcn.reference import independent_bernoulli_nll
-from pyro_stcn.registry import family_of, guide_names, model_names, printed_name
-from pyro_stcn.train import Diverged, Interrupted
+from pyro_stcn.nets.likelihoods import LIKELIHOODS
+from pyro_stcn.runs.presets import PRESETS, apply_preset, as_flags
+from pyro_stcn.runs.registry import family_of, guide_names, model_names, printed_name
+from pyro_stcn.training import distributed
+from pyro_stcn.training.lock import hold
+from pyro_stcn.training.loop import Diverged, Interrupted
 
 
 def pick_device(name: str) -> torch.device:
@@ -60,7 +63,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def settings_of(args: argparse.Namespace, quiet: bool = False) -> dict:
-    """The train flags as settings for :func:`pyro_stcn.runs.new_run_config`, the
+    """The train flags as settings for :func:`pyro_stcn.runs.api.new_run_config`, the
     preset applied (and, unless ``quiet``, printed)."""
     settings = dict(vars(args))
     if settings.get("budget") is not None:
@@ -110,7 +113,7 @@ def writable(path: Path, flag: str, directory: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train a run; under torchrun, one rank of it (:mod:`pyro_stcn.distributed`):
+    """Train a run; under torchrun, one rank of it (:mod:`pyro_stcn.training.distributed`):
     rank 0 alone prints, evaluates and plots, the others leave after training."""
     device = distributed.start(pick_device(args.device))
     try:
@@ -208,7 +211,7 @@ def iw_meaning(scores: runs.Scores) -> str:
 
 def score_lines(title: str, scores: runs.Scores, model: str, draws: int | None) -> list[str]:
     """The -ELBO, the -IWAE bound with ``draws`` K if scored, and the KL of each layer."""
-    lines = evaluate.report_lines(title, scores.neg_elbo, model)
+    lines = bounds.report_lines(title, scores.neg_elbo, model)
     if scores.neg_iwae:
         bound = scores.neg_iwae
         lines.insert(
@@ -307,7 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
-    """The ``pyro_stcn.benchmark`` tables: every figure a median of interleaved repeats."""
+    """The ``pyro_stcn.bench.benchmark`` tables: every figure a median of interleaved repeats."""
     quick, repeats = args.quick, args.repeats or (2 if args.quick else 5)
     suites = ["steps", "scaling", "generation"] if args.suite == "all" else [args.suite]
     benchmark.clock = benchmark.CLOCKS[args.clock]
@@ -359,7 +362,7 @@ def add_bench(sub) -> argparse.ArgumentParser:
 def cmd_compare(args: argparse.Namespace) -> None:
     """Every model of ``--models`` with every likelihood of ``--likelihoods``, each set up
     as ``train`` would with the same preset, data and seed, trained for the same time
-    budget and scored on the same test split (``pyro_stcn.compare``)."""
+    budget and scored on the same test split (``pyro_stcn.evaluation.compare``)."""
     if not math.isfinite(args.budget) or args.budget <= 0 or args.iw < 1:
         raise ValueError(f"--budget and --iw must be positive, got {args.budget} minutes and {args.iw} draws")
     device = pick_device(args.device)

@@ -12,7 +12,7 @@ come back to the host together, for the log and the divergence guard (the loss a
 the objective's KLs stay tensors until then; Pyro's validation, whose checks read
 the device, is on for the first step of each process only). So on a GPU the host
 queues the next step's work while the current one runs. ``config.bf16`` computes
-the step's loss with the networks in bfloat16 (:mod:`pyro_stcn.precision`).
+the step's loss with the networks in bfloat16 (:mod:`pyro_stcn.nets.precision`).
 
 With a ``budget`` of seconds, training also stops when that much wall-clock time has
 passed (validations included, the time before a resumption too), after a last
@@ -58,7 +58,7 @@ The parts. :func:`train` tells the story of a run; each part it calls does one t
   KL of each layer and learning rate, the objective's β and λ, and at each
   validation its -ELBO and KL of each layer and a figure of sampled sequences.
 
-Many processes (``torchrun``; :mod:`pyro_stcn.distributed` says what is and is not
+Many processes (``torchrun``; :mod:`pyro_stcn.training.distributed` says what is and is not
 the single-process run): ``step`` trains on this rank's shard of the global batch
 and logs the mean over ranks; ``validate`` runs on rank 0 and broadcasts the state;
 the clock is rank 0's; only rank 0 writes files or prints. A plain process does
@@ -90,13 +90,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_stcn import distributed
-from pyro_stcn.checkpoint import load_checkpoint, save_checkpoint
 from pyro_stcn.data.batching import Splits, shuffled_batches
-from pyro_stcn.elbo import LayerwiseELBO
-from pyro_stcn.evaluate import evaluate_elbo
-from pyro_stcn.plots import plot_sequences
-from pyro_stcn.precision import network_autocast
+from pyro_stcn.evaluation.bounds import evaluate_elbo
+from pyro_stcn.evaluation.plots import plot_sequences
+from pyro_stcn.inference.objectives import LayerwiseELBO
+from pyro_stcn.nets.precision import network_autocast
+from pyro_stcn.training import distributed
+from pyro_stcn.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -268,7 +268,7 @@ def train(
     ``checkpoint_every`` seconds also writes ``last.pt`` that often. In a process
     group (``torchrun``), each rank trains on its shard of every batch. With
     ``config.bf16`` each step's loss is computed with the networks in bfloat16
-    (:func:`pyro_stcn.precision.network_autocast`; its densities in float32);
+    (:func:`pyro_stcn.nets.precision.network_autocast`; its densities in float32);
     validation is float32 always.
 
     Raises :class:`Interrupted` after SIGTERM or SIGINT (``last.pt`` written) and

@@ -3,8 +3,8 @@
 Under :func:`network_autocast` the convolutions and linear maps of the trunk and
 heads run in bfloat16 (``torch.autocast``), while what turns their outputs into
 numbers of the objective stays in float32: the Gaussian heads return (μ, σ) as
-float32 (:class:`pyro_stcn.heads.GaussianHead`), and the observation's likelihood
-head runs outside autocast on float32 features (:class:`pyro_stcn.observation.Observation`).
+float32 (:class:`pyro_stcn.nets.heads.GaussianHead`), and the observation's likelihood
+head runs outside autocast on float32 features (:class:`pyro_stcn.nets.observation.Observation`).
 So every log-density, every KL and the loss are float32. Outside the context these
 casts are no-ops: float32 training computes exactly what it did before.
 

@@ -1,6 +1,6 @@
 """The built-in model families, registered in paper 1's table order (then MS-STCN).
 
-Each is one :class:`~pyro_stcn.registry.Family`: the models it names, its config
+Each is one :class:`~pyro_stcn.runs.registry.Family`: the models it names, its config
 class and the sizes of the default run (digits on 2 CPU cores in under 5 minutes; the
 baselines sized like the default STCN: Wavenet is its trunk without latents, the
 recurrent models have parameter counts of the same order), the network flags it
@@ -33,7 +33,7 @@ from pyro_stcn.models import (
 )
 from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.models.ms_stcn_layouts import MS_STCN_LAYOUTS
-from pyro_stcn.registry import Family, register
+from pyro_stcn.runs.registry import Family, register
 
 
 def dense_variant(model: type):

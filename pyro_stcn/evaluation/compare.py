@@ -3,14 +3,14 @@ data, all scored on the same test split, as in paper 1's Tables 1 and 2.
 
 Each :class:`Contender` is one cell of the table: a model (row) with a likelihood
 (column), built with its guide and objective. :func:`compare` trains each in its own
-run directory with :func:`pyro_stcn.train.train` under ``TrainConfig.budget`` (so an
+run directory with :func:`pyro_stcn.training.loop.train` under ``TrainConfig.budget`` (so an
 interrupted comparison resumes where it stopped), restores its best validation
 checkpoint, and scores it on the test split:
 
 - models with latent variables: the -ELBO and the -IWAE bound with K draws
-  (``pyro_stcn.evaluate``), both upper bounds on -log p(x); the bound is
+  (``pyro_stcn.evaluation.bounds``), both upper bounds on -log p(x); the bound is
   importance-weighted per factor where the model's latents factorise over time (per
-  step for STCN, per block of the coarsest layer for MS-STCN: ``pyro_stcn.factors``),
+  step for STCN, per block of the coarsest layer for MS-STCN: ``pyro_stcn.inference.factors``),
   per sequence otherwise (the VRNN);
 - models without (Wavenet, Wavenet-dense, RNN): the exact -log p(x), which is their
   -ELBO, since the KL term is empty.
@@ -34,11 +34,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pyro_stcn.data.batching import Splits
-from pyro_stcn.elbo import LayerwiseELBO
-from pyro_stcn.evaluate import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
-from pyro_stcn.factors import factor_label, factor_steps_of
-from pyro_stcn.plots import plot_validation_curves, read_log
-from pyro_stcn.train import TrainConfig, train
+from pyro_stcn.evaluation.bounds import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
+from pyro_stcn.evaluation.plots import plot_validation_curves, read_log
+from pyro_stcn.inference.factors import factor_label, factor_steps_of
+from pyro_stcn.inference.objectives import LayerwiseELBO
+from pyro_stcn.training.loop import TrainConfig, train
 
 
 @dataclass

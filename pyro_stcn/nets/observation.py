@@ -2,7 +2,7 @@
 
     p(x_t | h_t) = likelihood(output(h_t)),   output = ``layers`` 1x1 conv + ReLU
 
-mapped back through the input standardisation (``pyro_stcn.normalise``), so that its
+mapped back through the input standardisation (``pyro_stcn.nets.normalise``), so that its
 log-density is in the data's own units. STCN feeds it the latents, Wavenet the trunk's
 features, the RNNs their state; MS-STCN uses no output layers (p(x | Conv1x1(g^0))).
 """
@@ -10,10 +10,10 @@ features, the RNNs their state; MS-STCN uses no output layers (p(x | Conv1x1(g^0
 from pyro import distributions as dist
 from torch import Tensor, nn
 
-from pyro_stcn.heads import mlp
-from pyro_stcn.likelihoods import make_likelihood
-from pyro_stcn.normalise import Standardisation
-from pyro_stcn.precision import full_precision, without_autocast
+from pyro_stcn.nets.heads import mlp
+from pyro_stcn.nets.likelihoods import make_likelihood
+from pyro_stcn.nets.normalise import Standardisation
+from pyro_stcn.nets.precision import full_precision, without_autocast
 
 
 class Observation(nn.Module):
@@ -31,7 +31,7 @@ class Observation(nn.Module):
 
     def forward(self, h: Tensor) -> dist.TorchDistribution:
         features = h if self.output is None else self.output(h)
-        (features,) = full_precision(features)  # the likelihood in float32, even under autocast (pyro_stcn.precision)
+        (features,) = full_precision(features)  # the likelihood in float32 (pyro_stcn.nets.precision)
         with without_autocast(features.device.type):
             return self.units.to_data_units(self.likelihood(features), like=features)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_stcn.masks import zero_padding
+from pyro_stcn.nets.masks import zero_padding
 
 
 class GatedBlock(nn.Module):

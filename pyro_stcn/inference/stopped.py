@@ -82,7 +82,7 @@ def detached(fn: Distribution) -> Distribution:
     if not params or not all(isinstance(v, Tensor) for v in params.values()):
         raise ValueError(
             f"cannot stop the parameters of a {type(fn).__name__} by rebuilding it; give its guide site "
-            f"infer={{{LOG_PROB_STOPPED!r}: fn}} (pyro_stcn.stopped), or use the pathwise gradient"
+            f"infer={{{LOG_PROB_STOPPED!r}: fn}} (pyro_stcn.inference.stopped), or use the pathwise gradient"
         )
     try:
         return type(fn)(**{name: v.detach() for name, v in params.items()}, validate_args=False)

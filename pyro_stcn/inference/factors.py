@@ -72,7 +72,7 @@ def trace_log_weights(
     computed (masked steps are 0). F = ceil(T / ``factor_steps``) for the longest site's
     T (the finest resolution; MS-STCN pads T to whole blocks); 1 for None, the whole
     sequence. ``guide_log_prob`` replaces the log q of the guide sites it names (the
-    stopped densities of :mod:`pyro_stcn.stopped`)."""
+    stopped densities of :mod:`pyro_stcn.inference.stopped`)."""
     replaced = guide_log_prob or {}
     sites = [
         (sign, name, replaced.get(name, site["log_prob"]) if sign < 0 else site["log_prob"])

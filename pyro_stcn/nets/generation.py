@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from pyro.distributions import Distribution
 from torch import Tensor
 
-from pyro_stcn.normalise import Standardisation
-from pyro_stcn.wavenet import Wavenet
+from pyro_stcn.nets.normalise import Standardisation
+from pyro_stcn.nets.trunk import Wavenet
 
 Draw = Callable[[str, Distribution], Tensor]  # (site name, distribution) -> its value
 

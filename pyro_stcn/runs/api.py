@@ -14,9 +14,9 @@ way ``run.py train`` does: flags first, then the preset, then the defaults. Ever
 function here raises ``ValueError`` (or ``FileNotFoundError``) with a message that
 names the setting, file or field at fault; only the command line turns them into exit
 messages. What a model is (its config, sizes, flags and guides) comes from the
-registry (:mod:`pyro_stcn.registry`)::
+registry (:mod:`pyro_stcn.runs.registry`)::
 
-    from pyro_stcn.runs import load_run, score
+    from pyro_stcn.runs.api import load_run, score
 
     run = load_run("runs/default")                 # config, model, guide, data
     print(score(run, "test", iw=100).neg_iwae)     # -IWAE bound on the test split, per step
@@ -35,21 +35,22 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn import distributed
-from pyro_stcn.checkpoint import load_checkpoint
-from pyro_stcn.compare import Contender
+from pyro_stcn.training import distributed
+from pyro_stcn.training.checkpoint import load_checkpoint
+from pyro_stcn.evaluation.compare import Contender
 from pyro_stcn.data import DATASETS, FORMATS, OPTIONS, Splits, pad_batch
-from pyro_stcn.elbo import OBJECTIVES, LayerwiseELBO, make_objective
-from pyro_stcn.evaluate import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
-from pyro_stcn.factors import factor_label, factor_steps_of
-from pyro_stcn.likelihoods import PRINTED as PRINTED_LIKELIHOODS
-from pyro_stcn.likelihoods import SUITABLE
-from pyro_stcn.normalise import Standardisation
-from pyro_stcn.plots import plot_sequences
-from pyro_stcn.presets import apply_preset
-from pyro_stcn.registry import NETWORK_FLAGS, default_guide, family_of, make_guide, make_model
-from pyro_stcn.schedules import halving, linear_warmup
-from pyro_stcn.train import TrainConfig, TrainResult, train
+from pyro_stcn.inference import OBJECTIVES, make_objective
+from pyro_stcn.inference.objectives import LayerwiseELBO
+from pyro_stcn.evaluation.bounds import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
+from pyro_stcn.inference.factors import factor_label, factor_steps_of
+from pyro_stcn.nets.likelihoods import PRINTED as PRINTED_LIKELIHOODS
+from pyro_stcn.nets.likelihoods import SUITABLE
+from pyro_stcn.nets.normalise import Standardisation
+from pyro_stcn.evaluation.plots import plot_sequences
+from pyro_stcn.runs.presets import apply_preset
+from pyro_stcn.runs.registry import NETWORK_FLAGS, default_guide, family_of, make_guide, make_model
+from pyro_stcn.inference.schedules import halving, linear_warmup
+from pyro_stcn.training.loop import TrainConfig, TrainResult, train
 
 RUN_DEFAULTS = {
     "data": "digits",

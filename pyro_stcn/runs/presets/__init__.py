@@ -7,8 +7,8 @@ preset has a CPU-sized variant, ``NAME-cpu``, that trains in minutes on 2 cores 
 data set shipped in a package; the README's figures come from those.
 """
 
-from pyro_stcn.presets import blizzard_ms_stcn_fw200, iamondb_stcn_dense, mnist_stcn_dense, timit_stcn
-from pyro_stcn.registry import NETWORK_FLAGS, family_of
+from pyro_stcn.runs.presets import blizzard_ms_stcn_fw200, iamondb_stcn_dense, mnist_stcn_dense, timit_stcn
+from pyro_stcn.runs.registry import NETWORK_FLAGS, family_of
 
 PRESETS: dict[str, dict] = {  # name -> {argparse dest: value}
     "iamondb-stcn-dense": iamondb_stcn_dense.PAPER,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pyro_stcn import distributed
+from pyro_stcn.training import distributed
 
 LOCK_NAME = ".lock"
 

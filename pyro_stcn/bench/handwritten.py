@@ -8,7 +8,7 @@ KL analytic, then the observation's log-density (paper 1, eq. 14-17):
 
     -ELBO = -Σ_t log p(x_t | z_t) + Σ_l Σ_t KL(q(z^l_t | ·) || p(z^l_t | ·))
 
-Each returns ``(value, surrogate)`` as :class:`pyro_stcn.elbo.LayerwiseELBO` does:
+Each returns ``(value, surrogate)`` as :class:`pyro_stcn.inference.objectives.LayerwiseELBO` does:
 the true -ELBO, and the term whose gradient the objective follows (its
 ``kl_surrogate`` of the per-unit KLs). With one seed they give the same numbers as
 ``objective.differentiable_loss(model.model, guide, x, mask)`` (tests/test_bench.py).
@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
-from pyro_stcn.elbo import LayerwiseELBO
 from pyro_stcn.guides.independent import MultiscaleIndependentGuide
 from pyro_stcn.guides.ladder import LadderGuide, precision_weighted
-from pyro_stcn.heads import join
-from pyro_stcn.masks import zero_padding
+from pyro_stcn.inference.objectives import LayerwiseELBO
 from pyro_stcn.models.ms_stcn import MSSTCN, delay
 from pyro_stcn.models.stcn import STCN
+from pyro_stcn.nets.heads import join
+from pyro_stcn.nets.masks import zero_padding
 
 
 def _rsample(loc: Tensor, scale: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_stcn.precision import full_precision
+from pyro_stcn.nets.precision import full_precision
 
 SCALE_MIN = 1e-3
 SCALE_MAX = 5.0
@@ -54,5 +54,5 @@ class GaussianHead(nn.Module):
         self.scale = mlp(in_dim, hidden, out_dim, layers)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        loc, raw = full_precision(self.loc(h), self.scale(h))  # float32 under bfloat16 autocast (pyro_stcn.precision)
+        loc, raw = full_precision(self.loc(h), self.scale(h))  # float32 under autocast (pyro_stcn.nets.precision)
         return loc, bounded_softplus(raw)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from pyro_stcn.choices import choose
-from pyro_stcn.heads import bounded_softplus
+from pyro_stcn.nets.heads import bounded_softplus
 
 
 def diagonal_gmm(logits: Tensor, loc: Tensor, scale: Tensor) -> dist.MixtureSameFamily:

@@ -6,9 +6,9 @@ once, in turn), so that load from other processes falls on all of them alike.
 
 - :func:`step_ratio`: one SVI step (zero_grad, the objective's loss, backward) of a
   model and guide against the same networks under a hand-written loss
-  (:mod:`pyro_stcn.reference_loss`: trunk once, prior once, analytic KL). Both run
+  (:mod:`pyro_stcn.bench.handwritten`: trunk once, prior once, analytic KL). Both run
   with Pyro's validation off, as the trainer's steps do after its first
-  (:mod:`pyro_stcn.train`).
+  (:mod:`pyro_stcn.training.loop`).
 - :func:`step_scaling`: step time and memory at T, 2T and 4T. Memory is the peak
   allocated on CUDA; on the CPU, which has no allocator statistics, the bytes of the
   distinct storages autograd holds for backward (activations and weights), which is
@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_stcn.elbo import LayerwiseELBO, LinearFreeBitsELBO
+from pyro_stcn.bench.handwritten import ms_stcn_independent_loss, stcn_ladder_loss
+from pyro_stcn.inference.objectives import LayerwiseELBO, LinearFreeBitsELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS, STCNConfig
-from pyro_stcn.precision import network_autocast
-from pyro_stcn.presets import PRESETS
-from pyro_stcn.reference_loss import ms_stcn_independent_loss, stcn_ladder_loss
-from pyro_stcn.registry import make_guide, make_model
+from pyro_stcn.nets.precision import network_autocast
+from pyro_stcn.runs.presets import PRESETS
+from pyro_stcn.runs.registry import make_guide, make_model
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Setup:
     reference: Callable
     batch_size: int
     length: int
-    bf16: bool = False  # the networks under bfloat16 autocast (pyro_stcn.precision)
+    bf16: bool = False  # the networks under bfloat16 autocast (pyro_stcn.nets.precision)
 
     def batch(self, batch_size: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Handwriting-like data: (dx, dy) Gaussian, the pen bit 0/1; every step real."""

@@ -11,7 +11,7 @@ steps divided by their number (nats per step).
 
 The importance-weighted bounds (Burda et al. 2016) draw K samples either of the whole
 sequence or, where the model's latents factorise over blocks of steps given x
-(:mod:`pyro_stcn.factors`), of each block on its own:
+(:mod:`pyro_stcn.inference.factors`), of each block on its own:
 
     Σ_f log (1/K) Σ_k w_{k,f}  ≤  log p(x),
 
@@ -28,8 +28,8 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_stcn.data.batching import batches
-from pyro_stcn.elbo import bottom_first, layer_of, unit_kl
-from pyro_stcn.factors import trace_log_weights
+from pyro_stcn.inference.factors import trace_log_weights
+from pyro_stcn.inference.kl import bottom_first, layer_of, unit_kl
 
 
 def trace_pair(model: Callable, guide: Callable, x: Tensor, mask: Tensor):
@@ -63,7 +63,7 @@ def sequence_terms(model: Callable, guide: Callable, x: Tensor, mask: Tensor) ->
 
 def factor_log_weights(model: Callable, guide: Callable, x: Tensor, mask: Tensor, factor_steps: int | None) -> Tensor:
     """log p(x_f, z_f | x_{<f}) - log q(z_f | x) of each factor f of ``factor_steps``
-    steps (:func:`pyro_stcn.factors.trace_log_weights`), ``[batch, F]``, for one draw
+    steps (:func:`pyro_stcn.inference.factors.trace_log_weights`), ``[batch, F]``, for one draw
     z ~ q(z | x); with ``factor_steps`` None, one factor: the whole sequence."""
     guide_trace, model_trace = trace_pair(model, guide, x, mask)
     return trace_log_weights(model_trace, guide_trace, factor_steps)

@@ -1,12 +1,12 @@
 """The model registry: one entry per model family.
 
 A :class:`Family` holds everything the command line, ``compare``, the presets and the
-run API (:mod:`pyro_stcn.runs`) know about a kind of model: its model names and the
+run API (:mod:`pyro_stcn.runs.api`) know about a kind of model: its model names and the
 names tables print, its config class and default sizes, the network flags it takes,
 its guides and default guide. Nothing else in the library keys a table on a model
 name, so a model of your own is one file and one :func:`register` call::
 
-    from pyro_stcn.registry import Family, register
+    from pyro_stcn.runs.registry import Family, register
 
     register(Family(
         models={"my-model": "My model"}, model=MyModel, config=MyConfig, defaults=MyConfig(hidden=32),
@@ -15,14 +15,14 @@ name, so a model of your own is one file and one :func:`register` call::
 
 after which ``run.py train --model my-model`` (in the same process), ``compare``,
 ``evaluate`` and ``sample`` know it. The built-in families are registered in
-:mod:`pyro_stcn.families`.
+:mod:`pyro_stcn.runs.families`.
 
 A model class provides ``model(x, mask)`` (the Pyro model) and ``generate(num, steps,
 prime)``, and may say what its latents factorise over given x: ``factor_steps``, the
 number of consecutive steps whose latents (in the model and in each of its guides) form
 one factor independent of the others (STCN 1, MS-STCN its total stride), or None where
 they do not factorise (VRNN; the default for a model without it). ``evaluate --iw K``
-and ``--objective iwae`` then weight each factor on its own (:mod:`pyro_stcn.factors`).
+and ``--objective iwae`` then weight each factor on its own (:mod:`pyro_stcn.inference.factors`).
 """
 
 import dataclasses
@@ -95,7 +95,7 @@ FAMILIES: list[Family] = []
 
 def families() -> list[Family]:
     """Every registered family, the built-in ones first."""
-    import pyro_stcn.families  # noqa: F401  (the built-ins register themselves when first imported)
+    import pyro_stcn.runs.families  # noqa: F401  (the built-ins register themselves when first imported)
 
     return FAMILIES
 

@@ -19,7 +19,7 @@ What the ranks share, and why it is the single-process run:
   shards are what make the average below the global mean. The learning rate and the
   KL schedules are functions of the step, so they are the single process's too.
 - **The gradient.** Each rank computes ``objective.differentiable_loss(model, guide,
-  x_r, mask_r) / (B/N)`` through a module (:class:`pyro_stcn.train.Loss`) wrapped in
+  x_r, mask_r) / (B/N)`` through a module (:class:`pyro_stcn.training.loop.Loss`) wrapped in
   DDP (:func:`wrap`); Pyro traces inside its forward as it always does, and the trunk
   runs once per step on each rank. DDP averages the gradients over ranks, and the
   mean of N equal shards' means is the global batch mean, so every rank holds the

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from pyro_stcn.elbo import bottom_first  # noqa: E402
+from pyro_stcn.inference.kl import bottom_first  # noqa: E402
 
 
 def read_log(path: str | Path) -> dict[str, list[float]]:
