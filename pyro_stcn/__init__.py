@@ -4,7 +4,7 @@ The library core: the causal TCN trunk, likelihoods, ELBOs, schedules, data,
 training, evaluation, generation and plots. The models (``pyro_stcn.models``) and
 guides (``pyro_stcn.guides``) build on it; the registry of model families
 (:mod:`pyro_stcn.runs.registry`, filled by :mod:`pyro_stcn.runs.families`), the run API
-(:mod:`pyro_stcn.runs.api`) and the command line (:mod:`pyro_stcn.cli.main`) sit on top.
+(:mod:`pyro_stcn.runs.api`) and the command line (:mod:`pyro_stcn.cli.commands`) sit on top.
 """
 
 from pyro_stcn.inference import (

@@ -1,5 +1,5 @@
 """``python -m pyro_stcn`` is the ``pyro-stcn`` command line."""
 
-from pyro_stcn.cli.main import main
+from pyro_stcn.cli import main
 
 main()

@@ -81,7 +81,7 @@ def train_one(name: str, seed: int, steps: int, out: Path) -> dict:
                 "kl_gradient": variant.get("kl_gradient")}  # fmt: skip
     run_config, data = runs.new_run_config(settings)
     model, guide = runs.start_run(run_config, out)
-    runs.train_run(run_config, model, guide, data, out, progress=False)
+    runs.train_run(run_config, model, guide, data, out, callbacks=[])
     scores = runs.score(runs.load_run(out), "test")
     return {"neg_elbo": scores.neg_elbo.per_sequence, "kl": scores.neg_elbo.kl_per_sequence}
 

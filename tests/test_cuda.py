@@ -66,7 +66,7 @@ def test_a_bf16_training_run_on_cuda_learns(tmp_path):
                 "valid_sequences": 20, "bf16": True}  # fmt: skip
     run_config, data = runs.new_run_config(settings, data=load_digits_splits())
     model, guide = runs.start_run(run_config, tmp_path, device="cuda")
-    runs.train_run(run_config, model, guide, data, tmp_path, device="cuda", progress=False)
+    runs.train_run(run_config, model, guide, data, tmp_path, device="cuda", callbacks=[])
     losses = _losses(tmp_path)
     assert len(losses) == 60 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) < sum(losses[:10])

@@ -15,8 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 from pyro_stcn.inference import make_objective
 from pyro_stcn.runs.registry import make_guide, make_model
-from pyro_stcn.training import distributed
-from pyro_stcn.training.loop import TrainConfig, TrainState, _Run
+from pyro_stcn.training import TrainConfig, Trainer, TrainState, distributed
 from tests.conftest import ragged_batch, tiny_config
 
 # The Tensor methods that copy a value to the host (checked below to reach the mode).
@@ -45,21 +44,21 @@ def test_every_read_reaches_the_counter():
     assert reads.calls == list(READS)
 
 
-def _run(objective: str, device: str = "cpu") -> tuple[_Run, tuple]:
+def _run(objective: str, device: str = "cpu") -> tuple[Trainer, tuple]:
     """A run of STCN-dense with the ladder guide on a ragged batch, its first step taken
     (which keeps Pyro's validation, and so reads the device)."""
     model = make_model("stcn-dense", tiny_config()).to(device)
     guide = make_guide("ladder", model).to(device)
     objective = make_objective(objective, **OBJECTIVES[objective])
     schedules = {"lam": lambda step: 0.3} if hasattr(objective, "lam") else {}  # set each step, on the host
-    run = _Run(model.model, guide, {"model": model, "guide": guide}, objective, TrainConfig(batch_size=3),
+    run = Trainer(model.model, guide, {"model": model, "guide": guide}, objective, TrainConfig(batch_size=3),
                Path(tempfile.mkdtemp()), schedules, torch.device(device), {})  # fmt: skip
     batch = tuple(t.to(device) for t in ragged_batch())
     run.step(TrainState(), batch)
     return run, batch
 
 
-def _adam_steps(run: _Run) -> list[torch.Tensor]:
+def _adam_steps(run: Trainer) -> list[torch.Tensor]:
     # Adam's step counters live on the CPU (torch keeps them there unless capturable):
     # reading them transfers nothing.
     return [state["step"] for state in run.optimizer.state.values()]
@@ -97,8 +96,8 @@ def test_the_first_step_keeps_pyros_validation():
     """Later steps skip the checks that read the device; the first still refuses bad input."""
     model = make_model("stcn-dense", tiny_config())
     guide = make_guide("ladder", model)
-    run = _Run(model.model, guide, {"model": model, "guide": guide}, make_objective("elbo"), TrainConfig(batch_size=3),
-               Path(tempfile.mkdtemp()), {}, torch.device("cpu"), {})  # fmt: skip
+    run = Trainer(model.model, guide, {"model": model, "guide": guide}, make_objective("elbo"),
+                  TrainConfig(batch_size=3), Path(tempfile.mkdtemp()), {}, torch.device("cpu"), {})  # fmt: skip
     x, mask = ragged_batch()
     mask[1, 1] = False  # a gap: sequences must be left-aligned
     with pytest.raises(ValueError, match="mask row 1 has a gap"):
@@ -143,5 +142,5 @@ def test_training_data_with_a_nan_is_refused_before_the_first_step(tmp_path):
     run_config, data = runs.new_run_config(settings, data=dataclasses.replace(digits, train=train))
     model, guide = runs.start_run(run_config, tmp_path)
     with pytest.raises(ValueError, match=r"training sequence 1 holds NaN or infinite values \(step 3\)"):
-        runs.train_run(run_config, model, guide, data, tmp_path, progress=False)
+        runs.train_run(run_config, model, guide, data, tmp_path, callbacks=[])
     assert not (tmp_path / "last.pt").exists()

@@ -29,7 +29,7 @@ def test_the_wheel_holds_one_top_level_package_and_the_console_script(wheel):
     assert tops == {"pyro_stcn"}
     assert "pyro_stcn/models/stcn.py" in names and "pyro_stcn/guides/ladder.py" in names
     info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "pyro-stcn = pyro_stcn.cli.main:main" in zipfile.ZipFile(wheel).read(info).decode()
+    assert "pyro-stcn = pyro_stcn.cli:main" in zipfile.ZipFile(wheel).read(info).decode()
 
 
 def test_the_installed_package_imports_from_outside_the_repository(wheel, tmp_path):
@@ -37,7 +37,7 @@ def test_the_installed_package_imports_from_outside_the_repository(wheel, tmp_pa
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True)  # fmt: skip
     code = (
-        "import importlib.util, pyro_stcn.models, pyro_stcn.guides, pyro_stcn.cli.main;"
+        "import importlib.util, pyro_stcn.models, pyro_stcn.guides, pyro_stcn.cli;"
         "print(pyro_stcn.models.__file__);"
         "print(importlib.util.find_spec('models'), importlib.util.find_spec('guides'))"
     )

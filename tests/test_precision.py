@@ -87,7 +87,7 @@ def _train(run_dir, digits, **settings):
 
     run_config, data = runs.new_run_config({**TINY, **settings}, data=digits)
     model, guide = runs.start_run(run_config, run_dir)
-    runs.train_run(run_config, model, guide, data, run_dir, progress=False)
+    runs.train_run(run_config, model, guide, data, run_dir, callbacks=[])
     return model, guide
 
 
@@ -125,6 +125,6 @@ def test_a_config_from_before_bf16_resumes_in_float32(digits, tmp_path):
     del config["train"]["bf16"]  # as older versions wrote it
     (tmp_path / "config.json").write_text(json.dumps(config))
     run_config, model, guide = runs.resume_run(tmp_path, steps=4)
-    result = runs.train_run(run_config, model, guide, runs.load_data(run_config), tmp_path, progress=False)
+    result = runs.train_run(run_config, model, guide, runs.load_data(run_config), tmp_path, callbacks=[])
     assert result.last_step == 4 and TrainConfig(**run_config["train"]).bf16 is False
     assert len(_losses(tmp_path)) == 4 and math.isfinite(_losses(tmp_path)[-1])

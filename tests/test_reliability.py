@@ -4,9 +4,8 @@ directory, every bad input answered in one line with its exit code.
 Preemption is tested on real processes: ``run.py train`` in a subprocess stopped by
 SIGTERM (or SIGINT) during a step, or by ``kill -9`` while it writes ``last.pt``, then
 resumed; its log and every tensor of its checkpoints must equal those of a run that
-was never stopped, bit for bit. The test hooks (``PYRO_STCN_TEST_HOOKS``, see
-:mod:`pyro_stcn.training.loop`) put the signal or the kill at an exact step, so the tests are
-deterministic. Nets are tiny, runs 6 steps."""
+was never stopped, bit for bit. The faults (``tests/faults.py``) put a NaN, the signal
+or the kill at an exact step, so the tests are deterministic. Nets are tiny, runs 6 steps."""
 
 import csv
 import errno
@@ -24,19 +23,22 @@ import torch
 
 import run
 from pyro_stcn.training import checkpoint
-from pyro_stcn.training import loop as train
+from pyro_stcn.training.callbacks import truncate_log
 from pyro_stcn.training.checkpoint import load_checkpoint
 from pyro_stcn.training.lock import RunLock
+from tests.faults import injected
 
 ROOT = Path(__file__).parents[1]
 TOY = ["--steps", "6", "--valid-every", "3", "--channels", "8", "--hidden", "8", "--z-dims", "4,2", "--blocks", "2",
        "--valid-sequences", "20", "--batch-size", "16", "--no-progress", "--device", "cpu"]  # fmt: skip
 
 
-def train_process(args: list[str], hooks: str = "") -> subprocess.CompletedProcess:
-    """``run.py train ARGS`` in a fresh process (one thread, so that runs match bit for bit)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYRO_STCN_TEST_HOOKS": hooks}
-    return subprocess.run([sys.executable, "run.py", "train", *args], cwd=ROOT, env=env, capture_output=True,
+def train_process(args: list[str], faults: str = "") -> subprocess.CompletedProcess:
+    """``run.py train ARGS`` in a fresh process (one thread, so that runs match bit for
+    bit), with ``faults`` (tests/faults.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = ["run.py"] if not faults else ["tests/faults.py", faults]
+    return subprocess.run([sys.executable, *command, "train", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
 
 
@@ -84,7 +86,7 @@ def one_line(stderr: str) -> str:
 @pytest.mark.parametrize("name", ["sigterm", pytest.param("sigint", marks=pytest.mark.slow)])
 def test_a_signal_finishes_the_step_saves_last_pt_and_the_run_resumes_exactly(name, straight, tmp_path):
     out = tmp_path / "run"
-    done = train_process([*TOY, "--out", str(out)], hooks=f"{name}@4")
+    done = train_process([*TOY, "--out", str(out)], faults=f"{name}@4")
     signum = getattr(signal, name.upper())
     assert done.returncode == 128 + signum, done.stderr
     line = one_line(done.stderr)
@@ -103,7 +105,7 @@ def test_kill_9_while_last_pt_is_written_loses_nothing(step, straight, tmp_path)
     """Killed after the temporary file is complete but before it replaces last.pt (at
     step 1: before any last.pt exists, and the resumed run says so)."""
     out = tmp_path / "run"
-    done = train_process([*TOY, "--out", str(out)], hooks=f"kill-in-checkpoint@{step}")
+    done = train_process([*TOY, "--out", str(out)], faults=f"kill-in-checkpoint@{step}")
     assert done.returncode == -signal.SIGKILL
     assert (out / "last.pt.tmp").exists()  # the write that was cut short
     assert [int(r["step"]) for r in log_rows(out)] == list(range(1, step + 1))  # flushed before last.pt
@@ -122,9 +124,9 @@ def test_kill_9_while_last_pt_is_written_loses_nothing(step, straight, tmp_path)
 def test_a_torn_log_row_is_dropped_on_resumption(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("step,loss\r\n1,2.5\r\n2,2.4\r\n3,2.")  # a crash in the middle of row 3
-    train._truncate_log(log, 2)
+    truncate_log(log, 2)
     assert log.read_bytes() == b"step,loss\r\n1,2.5\r\n2,2.4\r\n"
-    train._truncate_log(log, 0)  # no checkpoint: no row survives
+    truncate_log(log, 0)  # no checkpoint: no row survives
     assert log.read_text() == ""
 
 
@@ -152,14 +154,15 @@ def test_a_full_disk_is_one_line_leaves_no_tmp_and_the_resume_says_there_was_no_
 # -- divergence ---------------------------------------------------------------------
 
 
-def _train_library(run_dir: Path, steps: int, digits) -> None:
+def _train_library(run_dir: Path, steps: int, digits, faults: str = "") -> None:
     from pyro_stcn import runs
 
     settings = {"steps": steps, "valid_every": 50, "channels": [8], "hidden": 8, "z_dims": [4, 2], "blocks": 2,
                 "batch_size": 16, "valid_sequences": 20}  # fmt: skip
     run_config, data = runs.new_run_config(settings, data=digits)
     model, guide = runs.start_run(run_config, run_dir)
-    runs.train_run(run_config, model, guide, data, run_dir, progress=False)
+    with injected(faults) as injection:
+        runs.train_run(run_config, model, guide, data, run_dir, callbacks=[injection])
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +175,7 @@ def digits():
 def test_a_nan_step_is_skipped_with_no_update_and_counted(digits, tmp_path, monkeypatch):
     """A NaN loss at step 2 leaves parameters and optimizer as step 1 left them."""
     _train_library(tmp_path / "one", 1, digits)
-    monkeypatch.setattr(train, "TEST_HOOKS", train._Hooks("nan@2"))
-    _train_library(tmp_path / "nan", 2, digits)
+    _train_library(tmp_path / "nan", 2, digits, faults="nan@2")
     one, nan = (load_checkpoint(tmp_path / name / "last.pt") for name in ("one", "nan"))
     for part in ("model", "guide"):
         for key, value in one[part].items():
@@ -189,8 +191,7 @@ def test_a_nan_step_is_skipped_with_no_update_and_counted(digits, tmp_path, monk
 def test_nan_steps_in_a_row_stop_the_run_naming_the_causes_and_keep_the_good_checkpoint(tmp_path, monkeypatch,
                                                                                         capsys):  # fmt: skip
     out = tmp_path / "run"
-    monkeypatch.setattr(train, "TEST_HOOKS", train._Hooks(",".join(f"nan@{s}" for s in range(2, 7))))
-    with pytest.raises(SystemExit) as e:
+    with injected(",".join(f"nan@{s}" for s in range(2, 7))), pytest.raises(SystemExit) as e:
         run.main(["train", *TOY, "--steps", "10", "--valid-every", "10", "--out", str(out)])
     assert e.value.code == 1
     line = one_line(capsys.readouterr().err)

@@ -16,8 +16,8 @@ from pyro_stcn.evaluation.bounds import evaluate_elbo
 from pyro_stcn.inference.objectives import AnnealedELBO, LayerwiseELBO
 from pyro_stcn.models import STCNConfig
 from pyro_stcn.runs.registry import make_guide, make_model
+from pyro_stcn.training import CSVLog, TrainConfig, TrainState, train
 from pyro_stcn.training.checkpoint import load_checkpoint
-from pyro_stcn.training.loop import TrainConfig, TrainState, train
 
 SMALL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[8, 4, 4, 2], channels=16, blocks=4, hidden=16)
 
@@ -123,7 +123,7 @@ def _train(digits, run_dir, steps, **kw):
         run_dir,
         schedules=schedules,
         run_config={"note": "test"},
-        progress=False,
+        callbacks=[CSVLog()],
     )
     return model, guide, result
 

@@ -1,5 +1,5 @@
 """The command line: parsing and printing."""
 
-from pyro_stcn.cli.main import main
+from pyro_stcn.cli.commands import main
 
 __all__ = ["main"]

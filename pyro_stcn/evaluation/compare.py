@@ -38,7 +38,7 @@ from pyro_stcn.evaluation.bounds import BoundReport, ElboReport, evaluate_elbo, 
 from pyro_stcn.evaluation.plots import plot_validation_curves, read_log
 from pyro_stcn.inference.factors import factor_label, factor_steps_of
 from pyro_stcn.inference.objectives import LayerwiseELBO
-from pyro_stcn.training.loop import TrainConfig, train
+from pyro_stcn.training import CSVLog, ProgressBar, TrainConfig, train
 
 
 @dataclass
@@ -97,7 +97,7 @@ def compare(
         result = train(
             c.network.model, c.guide, {"model": c.network, "guide": c.guide}, c.objective, data,
             dataclasses.replace(c.train_config, budget=budget_seconds), c.run_dir, schedules=c.schedules,
-            device=device, run_config=c.run_config, progress=progress,
+            device=device, run_config=c.run_config, callbacks=[CSVLog(), *([ProgressBar()] if progress else [])],
         )  # fmt: skip
         c.network.eval(), c.guide.eval()
         neg_elbo = evaluate_elbo(c.network.model, c.guide, data.test, device=device)

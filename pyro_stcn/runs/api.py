@@ -24,6 +24,7 @@ registry (:mod:`pyro_stcn.runs.registry`)::
 """
 
 import dataclasses
+from collections.abc import Sequence
 import json
 import math
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from pyro_stcn.evaluation.plots import plot_sequences
 from pyro_stcn.runs.presets import apply_preset
 from pyro_stcn.runs.registry import NETWORK_FLAGS, default_guide, family_of, make_guide, make_model
 from pyro_stcn.inference.schedules import halving, linear_warmup
-from pyro_stcn.training.loop import TrainConfig, TrainResult, train
+from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainConfig, TrainResult, train
 
 RUN_DEFAULTS = {
     "data": "digits",
@@ -280,18 +281,18 @@ def train_run(
     data: Splits,
     run_dir: str | Path,
     device: torch.device | str = "cpu",
-    progress: bool = True,
-    tensorboard: bool = False,
-    checkpoint_every: float | None = None,
+    callbacks: Sequence[Callback] | None = None,
 ) -> TrainResult:
     """Train a run's model and guide (:func:`start_run` or :func:`resume_run`) in
     ``run_dir``; it resumes from ``last.pt`` if there is one, and leaves the best
-    validation weights in the modules. ``tensorboard``: also TensorBoard events;
-    ``checkpoint_every``: also write ``last.pt`` every that many seconds."""
+    validation weights in the modules. The run keeps its ``log.csv``
+    (:class:`~pyro_stcn.training.CSVLog`), and ``callbacks`` are told each step
+    besides (by default a progress bar; :mod:`pyro_stcn.training.callbacks`)."""
+    callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
     return train(
         model.model, guide, {"model": model, "guide": guide}, objective_for(run_config), data,
         TrainConfig(**run_config["train"]), run_dir, schedules=schedules_for(run_config), device=device,
-        run_config=run_config, progress=progress, tensorboard=tensorboard, checkpoint_every=checkpoint_every,
+        run_config=run_config, callbacks=[CSVLog(), *callbacks],
     )  # fmt: skip
 
 

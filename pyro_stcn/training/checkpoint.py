@@ -7,17 +7,15 @@ unpickling arbitrary objects.
 
 import os
 import pickle
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 
-def save_checkpoint(state: dict, path: str | Path, before_replace: Callable[[Path], None] | None = None) -> None:
+def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write ``state`` to ``path`` so that a crash leaves the old file or the new one,
     never half of one: write a temporary file beside it, sync, rename, sync the folder.
-    A failed write (a full disk) removes its temporary file. ``before_replace`` is
-    called with the temporary file once it is complete (tests kill the process there)."""
+    A failed write (a full disk) removes its temporary file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -25,8 +23,6 @@ def save_checkpoint(state: dict, path: str | Path, before_replace: Callable[[Pat
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        if before_replace is not None:
-            before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

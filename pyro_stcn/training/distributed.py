@@ -15,7 +15,7 @@ What the ranks share, and why it is the single-process run:
 - **The batch.** Every rank draws the global batch of size B (``--batch-size``) that a
   single process would draw at that step, from the same seeded stream, and keeps its
   rows ``[rank · B/N, (rank + 1) · B/N)`` (:func:`shard`), padded as the global batch
-  is. B must be a multiple of the number of processes N (:func:`check_batch`): equal
+  is. B must be a multiple of the number of processes N (:func:`check_global_batch`): equal
   shards are what make the average below the global mean. The learning rate and the
   KL schedules are functions of the step, so they are the single process's too.
 - **The gradient.** Each rank computes ``objective.differentiable_loss(model, guide,
@@ -109,7 +109,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def check_batch(batch_size: int) -> None:
+def check_global_batch(batch_size: int) -> None:
     """Refuse a global batch that does not split into equal shards."""
     if batch_size % size():
         raise ValueError(

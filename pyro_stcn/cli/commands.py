@@ -49,9 +49,9 @@ from pyro_stcn.models import MS_STCN_LAYOUTS, PRIORS
 from pyro_stcn.nets.likelihoods import LIKELIHOODS
 from pyro_stcn.runs.presets import PRESETS, apply_preset, as_flags
 from pyro_stcn.runs.registry import family_of, guide_names, model_names, printed_name
-from pyro_stcn.training import distributed
+from pyro_stcn.training import Callback, Diverged, Interrupted, PeriodicCheckpoint, ProgressBar, distributed
 from pyro_stcn.training.lock import hold
-from pyro_stcn.training.loop import Diverged, Interrupted
+from pyro_stcn.training.tensorboard import TensorBoard
 
 
 def pick_device(name: str) -> torch.device:
@@ -152,9 +152,7 @@ def train_and_report_locked(args: argparse.Namespace, device: torch.device, main
             f"{run_config['objective']} ({run_config.get('kl_gradient', 'pathwise')} KL gradient) on "
             f"{device}{processes}; run directory {run_dir}"
         )
-    every = None if args.checkpoint_every is None else 60 * args.checkpoint_every
-    result = runs.train_run(run_config, model, guide, data, run_dir, device, progress=not args.no_progress,
-                            tensorboard=args.tensorboard, checkpoint_every=every)  # fmt: skip
+    result = runs.train_run(run_config, model, guide, data, run_dir, device, callbacks(args, data))
     if not main:
         return
     stop = "early stop" if result.stopped_early else "time budget" if result.out_of_time else "step budget"
@@ -163,6 +161,16 @@ def train_and_report_locked(args: argparse.Namespace, device: torch.device, main
         f"-ELBO {result.best_valid:.2f} nats per sequence at step {result.best_step}"
     )
     report_training(args, run_config, model, guide, data, run_dir)
+
+
+def callbacks(args: argparse.Namespace, data: Splits) -> list[Callback]:
+    """What ``--no-progress``, ``--tensorboard`` and ``--checkpoint-every`` ask for."""
+    chosen = [] if args.no_progress else [ProgressBar()]
+    if args.tensorboard:
+        chosen.append(TensorBoard(data))
+    if args.checkpoint_every is not None:
+        chosen.append(PeriodicCheckpoint(60 * args.checkpoint_every))
+    return chosen
 
 
 def report_training(args: argparse.Namespace, run_config: dict, model: nn.Module, guide: nn.Module, data: Splits,
