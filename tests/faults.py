@@ -62,7 +62,7 @@ def injected(text: str):
                 os.kill(os.getpid(), signal.SIGKILL)
         return replace(src, dst)
 
-    import pyro_stcn.cli.commands as cli
+    import pyro_stcn.cli.train as cli
 
     chosen = cli.callbacks
     LossModule.forward, os.replace = forward, checkpoint_replace
