@@ -33,7 +33,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.inference.params import register
+from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.inference.stopped import LOG_PROB_STOPPED, frozen
 from pyro_stcn.models.ms_stcn import MSSTCN, MSFeatures
 from pyro_stcn.models.stcn import STCN
@@ -82,7 +82,7 @@ class IndependentGuide(nn.Module):
         return frozen(q, self, self.stcn)
 
     def forward(self, x: Tensor, mask: Tensor) -> None:
-        register("guide", self)
+        pyro_module("guide", self)
         feats = self.stcn.features.for_guide(x, mask)
         batch, time = mask.shape
         with pyro.plate("batch", batch, dim=-2), pyro.plate("time", time, dim=-1):
@@ -131,7 +131,7 @@ class MultiscaleIndependentGuide(nn.Module):
         return frozen(lambda: q().log_prob(values[f"z_{layer + 1}"]), self, self.ms_stcn)
 
     def forward(self, x: Tensor, mask: Tensor) -> None:
-        register("ms_stcn_guide", self)
+        pyro_module("ms_stcn_guide", self)
         model = self.ms_stcn
         feats = model.features.for_guide(x, mask)
         batch_plate, _, time_plates = model.plates(feats)

@@ -15,7 +15,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.inference.params import register
+from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.models.vrnn import VRNN, latent_site
 from pyro_stcn.nets.heads import GaussianHead
 
@@ -41,7 +41,7 @@ class VRNNGuide(nn.Module):
         return dist.Normal(loc, scale).to_event(1)
 
     def forward(self, x: Tensor, mask: Tensor) -> None:
-        register("vrnn_guide", self)
+        pyro_module("vrnn_guide", self)
         feats = self.vrnn.features.for_guide(x, mask)
         draw = lambda t, h: latent_site(t, self.posterior(feats.x[:, t], h), mask)  # noqa: E731
         with pyro.plate("batch", len(x), dim=-2):

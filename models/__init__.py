@@ -26,7 +26,5 @@ __all__ = [
     "DynamicPrior",
     "GaussianPrior",
     "MixturePrior",
-    "GaussianPrior",
-    "MixturePrior",
     "StandardPrior",
 ]

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_stcn.inference.handoff import FeatureHandoff
-from pyro_stcn.inference.params import register
+from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
 from pyro_stcn.nets.checks import check_batch
 from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
@@ -233,7 +233,7 @@ class MSSTCN(nn.Module):
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
-        register("ms_stcn", self)
+        pyro_module("ms_stcn", self)
         feats = self.features.for_model(x, mask)
         batch_plate, time_plate, time_plates = self.plates(feats)
 

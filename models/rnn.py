@@ -20,7 +20,7 @@ import pyro
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_stcn.inference.params import register
+from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.nets.checks import check_batch
 from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
 from pyro_stcn.nets.masks import zero_padding
@@ -58,7 +58,7 @@ class RNN(nn.Module):
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
-        register("rnn", self)
+        pyro_module("rnn", self)
         check_batch(x, mask, self.config.x_dim)
         h_prev = self.states(x, mask)
         batch, time = mask.shape

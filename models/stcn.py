@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.inference.handoff import FeatureHandoff, PriorHandoff
-from pyro_stcn.inference.params import register
+from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.models.priors import GaussianPrior, make_prior
 from pyro_stcn.nets.checks import check_batch
 from pyro_stcn.nets.generation import Draw, over_trunk, sample, sampler, start_sequences
@@ -119,7 +119,7 @@ class STCN(nn.Module):
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
-        register("stcn", self)
+        pyro_module("stcn", self)
         feats = self.features.for_model(x, mask)
         batch, time = mask.shape
         with pyro.plate("batch", batch, dim=-2), pyro.plate("time", time, dim=-1):

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.inference.handoff import FeatureHandoff
-from pyro_stcn.inference.params import register
+from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
 from pyro_stcn.nets.checks import check_batch
 from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
@@ -140,7 +140,7 @@ class VRNN(nn.Module):
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
-        register("vrnn", self)
+        pyro_module("vrnn", self)
         feats = self.features.for_model(x, mask)
         batch, time = mask.shape
 

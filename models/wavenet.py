@@ -23,7 +23,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.inference.params import register
+from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.nets.checks import check_batch
 from pyro_stcn.nets.generation import Draw, over_trunk, sample, sampler, start_sequences
 from pyro_stcn.nets.masks import zero_padding
@@ -70,7 +70,7 @@ class WavenetModel(nn.Module):
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
-        register("wavenet", self)
+        pyro_module("wavenet", self)
         check_batch(x, mask, self.config.x_dim)
         d_prev = self.trunk(self.units.normalise(x), mask).d_prev
         batch, time = mask.shape

@@ -7,6 +7,7 @@ import torch
 from pyro_stcn.bench import benchmark
 from pyro_stcn.bench.benchmark import time_generation
 from pyro_stcn.cli.options import pick_device, positive_ints
+from pyro_stcn.nets import parameter_count
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -16,7 +17,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.suite:
         return bench_suite(args, device)
     model = benchmark.stcn_dense_setup(device).model.eval()  # untrained: the weights do not change the cost
-    size = sum(p.numel() for p in model.parameters())
+    size = parameter_count(model)
     print(
         f"STCN-dense at paper 1's IAM-OnDB size ({size:,} parameters, receptive field "
         f"{model.trunk.receptive_field}), {args.num} sequence(s), on {device} with {torch.get_num_threads()} threads"
@@ -51,7 +52,7 @@ def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
         benchmark.print_scaling(setups, device, repeats, out=lambda line: print(line, flush=True))
     if "generation" in suites:
         model = setups[0].model
-        size = sum(p.numel() for p in model.parameters())
+        size = parameter_count(model)
         print(f"\nGeneration, {setups[0].name} ({size:,} parameters, receptive field {model.trunk.receptive_field}); "
               "floor: one matrix-vector (batch 1) or matrix (batch 64) product over as many weights")  # fmt: skip
         benchmark.print_generation(model, [1, 4] if quick else [1, 64], 16 if quick else args.gen_steps, device,

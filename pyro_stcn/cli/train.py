@@ -17,6 +17,7 @@ from pyro_stcn.evaluation.baselines import independent_bernoulli_nll
 from pyro_stcn.evaluation.plots import plot_layer_kl, plot_losses, read_log
 from pyro_stcn.inference import OBJECTIVES
 from pyro_stcn.models import MS_STCN_LAYOUTS, PRIORS
+from pyro_stcn.nets import parameter_count
 from pyro_stcn.nets.likelihoods import LIKELIHOODS
 from pyro_stcn.runs.presets import PRESETS, apply_preset, as_flags
 from pyro_stcn.runs.registry import guide_names, model_names
@@ -94,7 +95,7 @@ def train_and_report_locked(args: argparse.Namespace, device: torch.device, main
     processes = f" ({distributed.size()} processes)" if distributed.active() else ""
     if main:
         print(
-            f"training {run_config['model']} ({runs.parameter_count(model, guide):,} parameters) with the "
+            f"training {run_config['model']} ({parameter_count(model, guide):,} parameters) with the "
             f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
             f"{run_config['objective']} ({run_config.get('kl_gradient', 'pathwise')} KL gradient) on "
             f"{device}{processes}; run directory {run_dir}"

@@ -38,6 +38,7 @@ from pyro_stcn.evaluation.bounds import BoundReport, ElboReport, evaluate_elbo, 
 from pyro_stcn.evaluation.plots import plot_validation_curves, read_log
 from pyro_stcn.inference.factors import factor_label, factor_steps_of
 from pyro_stcn.inference.objectives import LayerwiseELBO
+from pyro_stcn.nets import parameter_count
 from pyro_stcn.training import CSVLog, ProgressBar, TrainConfig, train
 
 
@@ -57,7 +58,7 @@ class Contender:
 
 
 @dataclass
-class Score:
+class ComparisonRow:
     """A contender's test figures and how it was trained."""
 
     model: str
@@ -84,7 +85,7 @@ def compare(
     iw_samples: int = 100,
     device: torch.device | str = "cpu",
     progress: bool = True,
-) -> list[Score]:
+) -> list[ComparisonRow]:
     """Train each contender for ``budget_seconds`` (or until it stops early) and score
     it on ``data.test``: -ELBO, and the -IWAE bound with ``iw_samples`` draws if it has
     latent variables."""
@@ -92,7 +93,7 @@ def compare(
         raise ValueError(f"the budget and the IWAE draws must be positive, got {budget_seconds} s and {iw_samples}")
     scores = []
     for i, c in enumerate(contenders, 1):
-        size = sum(p.numel() for m in (c.network, c.guide) for p in m.parameters())
+        size = parameter_count(c.network, c.guide)
         tqdm.write(f"[{i}/{len(contenders)}] {c.model}, {c.likelihood} ({size:,} parameters): {c.run_dir}")
         result = train(
             c.network.model, c.guide, {"model": c.network, "guide": c.guide}, c.objective, data,
@@ -108,14 +109,14 @@ def compare(
                                          progress=bar.update, factor_steps=factor_steps)  # fmt: skip
         log = read_log(c.run_dir / "log.csv")
         curve = (log["valid_seconds"], log["valid_loss"])
-        score = Score(c.model, c.likelihood, size, result.last_step, result.seconds, result.best_step,
+        score = ComparisonRow(c.model, c.likelihood, size, result.last_step, result.seconds, result.best_step,
                       result.stopped_early, neg_elbo, neg_iwae, factor_label(factor_steps), curve)  # fmt: skip
         tqdm.write(f"  {cell(score)} nats per sequence after {score.steps} steps in {score.seconds:.0f} s")
         scores.append(score)
     return scores
 
 
-def cell(score: Score) -> str:
+def cell(score: ComparisonRow) -> str:
     """A table cell: the exact NLL, or the -IWAE bound with the -ELBO beside it."""
     e = score.neg_elbo
     if score.exact:
@@ -124,7 +125,9 @@ def cell(score: Score) -> str:
     return f"≤ {b.per_sequence:.2f} ± {b.stderr:.2f} (ELBO {e.per_sequence:.2f})"
 
 
-def comparison_table(scores: list[Score], title: str, iw_samples: int, names: dict[str, str] | None = None) -> str:
+def comparison_table(
+    scores: list[ComparisonRow], title: str, iw_samples: int, names: dict[str, str] | None = None
+) -> str:
     """Markdown in the layout of paper 1's Table 1: models as rows, likelihoods as
     columns, then how each was trained. ``names`` maps model keys to printed names."""
     names = names or {}
@@ -161,7 +164,7 @@ def comparison_table(scores: list[Score], title: str, iw_samples: int, names: di
 
 
 def write_comparison(
-    scores: list[Score], out: Path, title: str, iw_samples: int, names: dict[str, str] | None = None
+    scores: list[ComparisonRow], out: Path, title: str, iw_samples: int, names: dict[str, str] | None = None
 ) -> str:
     """``comparison.md`` (the tables), ``scores.json`` and ``validation.png`` (validation
     -ELBO against training time) in ``out``; returns the Markdown."""
@@ -178,12 +181,12 @@ def write_comparison(
     return table
 
 
-def best_bound(score: Score) -> float:
+def best_bound(score: ComparisonRow) -> float:
     """The tightest figure on -log p(x): the exact NLL, or the -IWAE bound."""
     return (score.neg_elbo if score.exact else score.neg_iwae).per_sequence
 
 
-def papers_ordering(scores: list[Score], names: dict[str, str] | None = None) -> list[str]:
+def papers_ordering(scores: list[ComparisonRow], names: dict[str, str] | None = None) -> list[str]:
     """Whether paper 1's ordering holds in each column, by :func:`best_bound`:
     STCN-dense beats STCN, and both beat Wavenet. Lines for the models present."""
     names = names or {}

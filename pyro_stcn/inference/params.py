@@ -4,7 +4,7 @@ import pyro
 from torch import nn
 
 
-def register(name: str, module: nn.Module) -> None:
+def pyro_module(name: str, module: nn.Module) -> None:
     """``pyro.module(name, module)``, where the module being run always wins.
 
     Plain ``pyro.module`` keeps whatever tensors the store already holds under a name,

@@ -231,10 +231,6 @@ def schedules_for(run_config: dict) -> dict:
     return {}
 
 
-def parameter_count(model: nn.Module, guide: nn.Module) -> int:
-    return sum(p.numel() for m in (model, guide) for p in m.parameters())
-
-
 def start_run(run_config: dict, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
     """Model and guide of a new run, their weights from the run's seed, and its
     ``config.json`` written; refuses a directory that holds another run."""
