@@ -1,234 +1,34 @@
-"""Runs as a library: a run's config from settings, its model, guide and data, training
-it into a run directory, and loading and scoring a trained one.
+"""Runs as a library: training a run into its directory, and loading and scoring a
+trained one; each function raises ``ValueError`` (or ``FileNotFoundError``) with a
+message that names the setting, file or field at fault. A run's config:
+:mod:`pyro_stcn.runs.config`::
 
-A run config is the dict a run directory keeps as ``config.json``::
-
-    {"data": "digits", "data_args": {}, "model": "stcn-dense", "guide": "ladder",
-     "objective": "linear-free-bits", "kl_gradient": "control-variate", "beta_rate": ..., "lam": ...,
-     "lam_half_life": ..., "test_iw": 100,
-     "net": {... the model's config ...}, "train": {... TrainConfig ...}}
-
-Settings are the command line's options by their argparse names (``z_dims`` for
-``--z-dims``), given or None; :func:`new_run_config` turns them into a run config the
-way ``run.py train`` does: flags first, then the preset, then the defaults. Every
-function here raises ``ValueError`` (or ``FileNotFoundError``) with a message that
-names the setting, file or field at fault; only the command line turns them into exit
-messages. What a model is (its config, sizes, flags and guides) comes from the
-registry (:mod:`pyro_stcn.runs.registry`)::
-
-    from pyro_stcn.runs.api import load_run, score
+    from pyro_stcn.runs import load_run, score
 
     run = load_run("runs/default")                 # config, model, guide, data
     print(score(run, "test", iw=100).neg_iwae)     # -IWAE bound on the test split, per step
     print(score(run, "test", iw=100, iw_over="sequence").neg_iwae)   # K draws of whole sequences
 """
 
-import dataclasses
-from collections.abc import Sequence
 import json
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import pyro
 import torch
 from torch import Tensor, nn
 
-from pyro_stcn.training import distributed
-from pyro_stcn.training.checkpoint import load_checkpoint
-from pyro_stcn.evaluation.compare import Contender
-from pyro_stcn.data import DATASETS, FORMATS, OPTIONS, Splits, pad_batch
-from pyro_stcn.inference import OBJECTIVES, make_objective
-from pyro_stcn.inference.objectives import LayerwiseELBO
+from pyro_stcn.data import Splits
 from pyro_stcn.evaluation.bounds import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
+from pyro_stcn.evaluation.compare import Contender
+from pyro_stcn.evaluation.plots import plot_sequences
 from pyro_stcn.inference.factors import factor_label, factor_steps_of
 from pyro_stcn.nets.likelihoods import PRINTED as PRINTED_LIKELIHOODS
-from pyro_stcn.nets.likelihoods import SUITABLE
-from pyro_stcn.nets.normalise import Standardisation
-from pyro_stcn.evaluation.plots import plot_sequences
-from pyro_stcn.runs.presets import apply_preset
-from pyro_stcn.runs.registry import NETWORK_FLAGS, default_guide, family_of, make_guide, make_model
-from pyro_stcn.inference.schedules import halving, linear_warmup
-from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainConfig, TrainResult, train
-
-RUN_DEFAULTS = {
-    "data": "digits",
-    "model": "stcn-dense",
-    # Linear free bits at λ0 = 0.02 nats per latent dimension, halved every 500 steps: on the
-    # digits it keeps every layer in use (3.7-4.2 nats per image) and bounds -log p(x) better
-    # than the plain ELBO, whose latents collapse (README, "Keeping the latents in use").
-    # Paper 2's λ0 = 0.5 halved every 300k steps is its preset's (blizzard-ms-stcn-fw200).
-    "objective": "linear-free-bits",
-    "beta_rate": 1e-4,
-    "lam": 0.02,
-    "lam_half_life": 500,
-    "test_iw": 100,  # the training report's importance-weighted bound: K draws of each factor (0: none)
-}
-IW_SAMPLES = 5  # --objective iwae: draws of each step's latents
-# Sized for the default run: digits on 2 CPU cores in under 5 minutes.
-DEFAULT_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=2e-3, lr_decay=0.8, valid_every=100)
-TRAIN_SETTINGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "valid_sequences", "crop", "budget",
-                  "bf16"]  # fmt: skip
-DATA_SETTINGS = {"fw": "fw", "directory": "data_dir", "binarise": "binarise", "dequantise": "dequantise"}
-DATA_SETTINGS |= {"split_lists": "split_lists"}  # a loader's option -> the setting that gives it
-
-
-def flag(setting: str) -> str:
-    """The command-line flag of a setting: ``z_dims`` -> ``--z-dims``."""
-    return "--" + setting.replace("_", "-")
-
-
-def given(settings: dict, names) -> dict:
-    """The settings among ``names`` that were given (a zero counts, None and False do not)."""
-    return {n: settings[n] for n in names if settings.get(n) is not None and settings.get(n) is not False}
-
-
-def new_run_config(settings: dict, data: Splits | None = None) -> tuple[dict, Splits]:
-    """A new run's config from ``settings``, then the preset they name, then the
-    defaults; and the run's data (loaded unless given)."""
-    if settings.get("preset"):
-        settings, _ = apply_preset(settings, settings["preset"])
-    run_config = {**RUN_DEFAULTS, **given(settings, [*RUN_DEFAULTS, "preset"])}
-    run_config["guide"] = settings.get("guide") or default_guide(run_config["model"])
-    run_config["data_args"] = data_args(settings, run_config["data"])
-    train_config = dataclasses.replace(DEFAULT_TRAIN, **given(settings, TRAIN_SETTINGS))
-    check_train_config(train_config)  # before the data load: the cheap checks first
-    data = load_data(run_config) if data is None else data
-    run_config["net"] = dataclasses.asdict(net_config(settings, run_config["model"], data, run_config["data"]))
-    run_config["train"] = dataclasses.asdict(train_config)
-    run_config["kl_gradient"] = kl_gradient(run_config["objective"], settings.get("kl_gradient"))
-    if not isinstance(run_config["test_iw"], int) or run_config["test_iw"] < 0:
-        raise ValueError(f"--test-iw: expected a number of draws, 0 or more, got {run_config['test_iw']}")
-    iw_samples = settings.get("iw_samples")
-    if run_config["objective"] == "iwae":
-        run_config["iw_samples"] = IW_SAMPLES if iw_samples is None else iw_samples
-        check_objective(run_config, data)
-    elif iw_samples is not None:
-        raise ValueError(f"--iw-samples applies to --objective iwae, not {run_config['objective']}")
-    return run_config, data
-
-
-def kl_gradient(objective: str, given: str | None) -> str:
-    """The gradient estimator for ``objective``: ``given`` if the objective takes it,
-    else its default (stl; dreg for iwae)."""
-    takes = OBJECTIVES[objective].kl_gradients
-    if given is None:
-        return takes[0]
-    if given not in takes:
-        raise ValueError(f"--kl-gradient {given} does not apply to --objective {objective}, which takes "
-                         f"{' or '.join(takes)} (default {takes[0]})")  # fmt: skip
-    return given
-
-
-def data_args(settings: dict, data: str) -> dict:
-    """The loader options of data set ``data`` from the settings."""
-    if data not in DATASETS and data not in FORMATS:
-        raise ValueError(f"unknown data {data!r}; valid: {', '.join([*DATASETS, *FORMATS])}")
-    present = given(settings, DATA_SETTINGS.values())  # a zero counts: 0 is not None
-    chosen = {option: present[name] for option, name in DATA_SETTINGS.items() if name in present}
-    wrong = sorted(set(chosen) - OPTIONS.get(data, set()))
-    if wrong:
-        raise ValueError(f"{flag(DATA_SETTINGS[wrong[0]])} does not apply to --data {data}")
-    if data in FORMATS and "directory" not in chosen:
-        raise ValueError(f"--data {data} reads your files: give --data-dir")
-    return chosen
-
-
-def load_data(run_config: dict) -> Splits:
-    """The run's data set, with its options (``--fw``, ``--data-dir``)."""
-    return {**DATASETS, **FORMATS}[run_config["data"]](**run_config.get("data_args", {}))
-
-
-def net_config(settings: dict, model: str, data: Splits, data_name: str = "") -> Any:
-    """The model's config from the network settings given, its family's defaults and
-    the data: x_dim and the input standardisation always come from the training split,
-    the likelihood from the data unless ``likelihood`` picks another that suits it."""
-    family = family_of(model)
-    likelihood = settings.get("likelihood") or data.likelihood
-    if likelihood not in SUITABLE[data.likelihood]:
-        raise ValueError(
-            f"--likelihood {likelihood} does not suit --data {data_name or 'this data'}, whose values call for "
-            f"{' or '.join(SUITABLE[data.likelihood])}"
-        )
-    sizes = given(settings, NETWORK_FLAGS)
-    wrong = [s for s in sizes if s not in family.flags]
-    if wrong:
-        takes = ", ".join(flag(f) for f in sorted(family.flags))
-        raise ValueError(f"{flag(wrong[0])} does not apply to --model {model}, which takes {takes}")
-    for name, values in sizes.items():
-        if isinstance(values, list) and not family.per_layer >= {name}:
-            if len(values) > 1:
-                raise ValueError(f"--model {model} takes one value for {flag(name)}, got {len(values)}")
-            sizes[name] = values[0]
-        if isinstance(values, (int, list)) and not isinstance(values, bool):
-            if min(values if isinstance(values, list) else [values]) < 1:
-                raise ValueError(f"{flag(name)} must be positive, got {values}")
-    units = Standardisation.fit(data.train, likelihood)  # training split only
-    from_data = {"x_dim": data.x_dim, "likelihood": likelihood, "shift": units.shift, "scale": units.scale}
-    return family.configure(model, sizes, from_data)
-
-
-def check_train_config(config: TrainConfig) -> None:
-    """Refuse training settings that cannot mean anything, naming the flag."""
-    for name in ("steps", "batch_size", "valid_every", "valid_sequences", "crop"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise ValueError(f"{flag(name)}: {name} must be positive, got {value}")
-    if not 0 < config.lr < math.inf:
-        raise ValueError(f"--lr: the learning rate must be a positive number, got {config.lr:g}")
-    if not 0 < config.lr_decay <= 1:
-        raise ValueError(f"--lr-decay: the learning rate's factor every {config.lr_decay_steps} steps must be in "
-                         f"(0, 1], got {config.lr_decay:g}")  # fmt: skip
-    if config.budget is not None and not 0 < config.budget < math.inf:
-        raise ValueError(f"--budget: expected a positive number of minutes, got {config.budget / 60:g}")
-
-
-def build(run_config: dict, device: torch.device | str = "cpu") -> tuple[nn.Module, nn.Module]:
-    """Model and guide from a run config, with fresh weights drawn from the current seed."""
-    pyro.clear_param_store()
-    family = family_of(run_config["model"])
-    config = family.config(**run_config["net"])
-    model = make_model(run_config["model"], config).to(device)
-    guide = make_guide(run_config["guide"], model).to(device)
-    return model, guide
-
-
-def objective_for(run_config: dict) -> LayerwiseELBO:
-    """The run's objective, its β and λ to be set each step by :func:`schedules_for`.
-    Runs saved before ``kl_gradient`` existed trained with the pathwise gradient, and
-    resume with it."""
-    options = {"kl_gradient": run_config.get("kl_gradient", "pathwise")}
-    if run_config["objective"] == "iwae":
-        options["samples"] = run_config.get("iw_samples", IW_SAMPLES)
-    return make_objective(run_config["objective"], **options)
-
-
-def check_objective(run_config: dict, data: Splits) -> None:
-    """Refuse at once, with the objective's reason, an objective the model cannot train
-    on (the importance-weighted one for latents that do not factorise, or a model that
-    draws one particle at a time): one evaluation on two training sequences, with the
-    random state left as it was."""
-    with torch.random.fork_rng():
-        model, guide = build(run_config)
-        x, mask = pad_batch(data.train[:2])
-        try:
-            objective_for(run_config).differentiable_loss(model.model, guide, x, mask)
-        except ValueError as e:
-            raise ValueError(f"--objective {run_config['objective']} does not fit --model {run_config['model']}: "
-                             f"{e}") from None  # fmt: skip
-    pyro.clear_param_store()
-
-
-def schedules_for(run_config: dict) -> dict:
-    """β warm-up for ``annealed``, halving λ for the free-bits objectives."""
-    objective = run_config["objective"]
-    if objective == "annealed":
-        return {"beta": partial(linear_warmup, rate=run_config["beta_rate"])}
-    if objective in ("free-bits", "linear-free-bits"):
-        return {"lam": partial(halving, start=run_config["lam"], half_life=run_config["lam_half_life"])}
-    return {}
+from pyro_stcn.runs.config import build, load_data, new_run_config, objective_for, schedules_for
+from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainConfig, TrainResult, distributed, train
+from pyro_stcn.training.checkpoint import load_checkpoint
 
 
 def start_run(run_config: dict, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
