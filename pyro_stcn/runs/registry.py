@@ -14,8 +14,8 @@ name, so a model of your own is one file and one :func:`register` call::
     ))
 
 after which ``run.py train --model my-model`` (in the same process), ``compare``,
-``evaluate`` and ``sample`` know it. The built-in families are registered in
-:mod:`pyro_stcn.runs.families`.
+``evaluate`` and ``sample`` know it. The built-in families are registered by
+:mod:`pyro_stcn.runs.families`, which the package :mod:`pyro_stcn.runs` imports first.
 
 A model class provides ``model(x, mask)`` (the Pyro model) and ``generate(num, steps,
 prime)``, and may say what its latents factorise over given x: ``factor_steps``, the
@@ -90,19 +90,17 @@ class Family:
         return {k: v for k, v in sizes.items() if k in self.flags}
 
 
-FAMILIES: list[Family] = []
+FAMILIES: list[Family] = []  # the built-ins (pyro_stcn.runs.families, imported with pyro_stcn.runs) first
 
 
 def families() -> list[Family]:
     """Every registered family, the built-in ones first."""
-    import pyro_stcn.runs.families  # noqa: F401  (the built-ins register themselves when first imported)
-
     return FAMILIES
 
 
 def register(family: Family) -> Family:
     """Add ``family``; its model names must be new."""
-    taken = [name for name in family.models if any(name in f.models for f in families())]
+    taken = [name for name in family.models if any(name in f.models for f in FAMILIES)]
     if taken:
         raise ValueError(f"model name {taken[0]!r} is registered already")
     FAMILIES.append(family)
