@@ -34,10 +34,10 @@ the base's closed-form KL plus the flow's sampled correction where they can
 (:mod:`pyro_stcn.inference.objectives`), which at the identity is the Gaussian guide's own KL.
 
 References:
-    [1] Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, "Improving Variational
-        Inference with Inverse Autoregressive Flow", NeurIPS 2016.
-    [2] Germain, Gregor, Murray & Larochelle, "MADE: Masked Autoencoder for Distribution
-        Estimation", ICML 2015.
+    - [1] Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, "Improving Variational
+      Inference with Inverse Autoregressive Flow", NeurIPS 2016.
+    - [2] Germain, Gregor, Murray & Larochelle, "MADE: Masked Autoencoder for Distribution
+      Estimation", ICML 2015.
 """
 
 import warnings

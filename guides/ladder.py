@@ -11,8 +11,8 @@ The prior must be Gaussian (``models.priors.GaussianPrior``); with any other the
 ladder guides refuse to be built.
 
 References:
-    [1] Aksan & Hilliges, "STCN", ICLR 2019.
-    [2] Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016.
+    - [1] Aksan & Hilliges, "STCN", ICLR 2019.
+    - [2] Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016.
 """
 
 from torch import Tensor, nn

@@ -7,7 +7,7 @@ same sites, plate and masks as the model, so every KL stays analytic. The pass i
 handed to the model, which reuses its LSTM states.
 
 References:
-    [1] Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NeurIPS 2015.
+    - [1] Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NeurIPS 2015.
 """
 
 import pyro

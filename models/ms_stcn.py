@@ -26,8 +26,8 @@ A coarse step is real when any fine step it covers is. With ``latent=False`` the
 no latent sites: the "w/o latent variables" control, a deterministic network.
 
 References:
-    [1] Andersson, Wahlström & Schön, "Multiscale STCN", 2021.
-    [2] Aksan & Hilliges, "STCN", ICLR 2019.
+    - [1] Andersson, Wahlström & Schön, "Multiscale STCN", 2021.
+    - [2] Aksan & Hilliges, "STCN", ICLR 2019.
 """
 
 import math

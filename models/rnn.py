@@ -10,8 +10,8 @@ Site: the observation ``x``, batch shape ``[batch, time]`` (batch plate dim -2, 
 plate dim -1).
 
 References:
-    [1] Hochreiter & Schmidhuber, "Long Short-Term Memory", 1997.
-    [2] Graves, "Generating Sequences With Recurrent Neural Networks", 2013.
+    - [1] Hochreiter & Schmidhuber, "Long Short-Term Memory", 1997.
+    - [2] Graves, "Generating Sequences With Recurrent Neural Networks", 2013.
 """
 
 from dataclasses import dataclass

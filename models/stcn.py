@@ -16,7 +16,7 @@ Sites: ``z_L`` ... ``z_1``, each the prior's distribution ``.mask(mask)`` (by de
 plate dim -1.
 
 References:
-    [1] Aksan & Hilliges, "STCN: Stochastic Temporal Convolutional Networks", ICLR 2019.
+    - [1] Aksan & Hilliges, "STCN: Stochastic Temporal Convolutional Networks", ICLR 2019.
 """
 
 from collections.abc import Callable

@@ -23,8 +23,8 @@ very z tensors, as under Pyro's replay, it takes the guide's LSTM states rather 
 recomputing them, so each SVI step runs the LSTM once.
 
 References:
-    [1] Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NeurIPS 2015.
-    [2] Aksan & Hilliges, "STCN", ICLR 2019, Table 1.
+    - [1] Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NeurIPS 2015.
+    - [2] Aksan & Hilliges, "STCN", ICLR 2019, Table 1.
 """
 
 from collections.abc import Callable

@@ -13,8 +13,8 @@ Site: the observation ``x``, batch shape ``[batch, time]`` (batch plate dim -2, 
 plate dim -1).
 
 References:
-    [1] Aksan & Hilliges, "STCN: Stochastic Temporal Convolutional Networks", ICLR 2019.
-    [2] van den Oord et al., "WaveNet: A Generative Model for Raw Audio", 2016.
+    - [1] Aksan & Hilliges, "STCN: Stochastic Temporal Convolutional Networks", ICLR 2019.
+    - [2] van den Oord et al., "WaveNet: A Generative Model for Raw Audio", 2016.
 """
 
 from dataclasses import dataclass

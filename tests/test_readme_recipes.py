@@ -1,8 +1,10 @@
-"""The README's "Extending pyro-stcn" recipes, run exactly as printed, each in an empty
-directory: your own guide and prior train from the command line, and a model of your own,
-registered through the public registry without editing any project file, trains,
-evaluates and samples through the command line."""
+"""The "Extending pyro-stcn" guide's recipes (docs/guides/extending.md), run exactly as
+printed, each in an empty directory: your own guide and prior train from the command line,
+a model of your own, registered through the public registry without editing any project
+file, trains, evaluates and samples through the command line, and a logger of your own
+sees every step."""
 
+import csv
 import json
 import os
 import re
@@ -10,13 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "extending.md"
 
 
 def recipes() -> list[str]:
-    text = README.read_text()
-    section = text.split("## Extending pyro-stcn\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
 
 
 def run_recipe(code: str, directory: Path) -> str:
@@ -27,8 +29,8 @@ def run_recipe(code: str, directory: Path) -> str:
     return done.stdout
 
 
-def test_the_readme_has_three_recipes():
-    assert len(recipes()) == 3
+def test_the_guide_has_four_recipes():
+    assert len(recipes()) == 4
 
 
 def test_your_own_guide_trains_from_the_command_line(tmp_path):
@@ -56,3 +58,14 @@ def test_your_own_model_trains_evaluates_and_samples_from_the_command_line(tmp_p
     assert 0 < float(test.group(1)) < 64 * 0.6932  # it learned: below a coin flip per pixel
     assert (tmp_path / "runs/markov/samples.png").stat().st_size > 0
     assert "wrote runs/markov/samples.png: 8 sequences of 64 steps" in printed
+
+
+def test_your_own_logger_sees_every_step(tmp_path):
+    printed = run_recipe(recipes()[3], tmp_path)
+    assert "trained 50 steps" in printed
+    rows = [json.loads(line) for line in (tmp_path / "runs/jsonl/steps.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 51))
+    assert [row["step"] for row in rows if "valid_loss" in row] == [25, 50]
+    with open(tmp_path / "runs/jsonl/log.csv", newline="") as f:  # the same figures as the run's own log
+        logged = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert [row["loss"] for row in rows] == pytest.approx(logged, rel=1e-6)

@@ -28,9 +28,9 @@ def digits():
 
 
 def _readme_python_blocks() -> list[str]:
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    section = text.split("## From Python")[1].split("\n## ")[0]
-    return [block.split("```")[0] for block in section.split("```python")[1:]]
+    """The Python blocks of the "From Python" guide (docs/guides/python.md)."""
+    text = (Path(__file__).parents[1] / "docs" / "guides" / "python.md").read_text()
+    return [block.split("```")[0] for block in text.split("```python")[1:]]
 
 
 def test_readme_svi_snippet_trains(digits, capsys, tmp_path, monkeypatch):

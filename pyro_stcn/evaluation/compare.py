@@ -19,8 +19,8 @@ All in nats per sequence, summed over time and dimensions and averaged over the 
 sequences, as both papers' tables; lower is better (the papers print log-likelihoods).
 
 References:
-    [1] Aksan & Hilliges, "STCN", ICLR 2019, Tables 1 and 2.
-    [2] Burda et al., "Importance Weighted Autoencoders", ICLR 2016.
+    - [1] Aksan & Hilliges, "STCN", ICLR 2019, Tables 1 and 2.
+    - [2] Burda et al., "Importance Weighted Autoencoders", ICLR 2016.
 """
 
 import dataclasses

@@ -14,8 +14,8 @@ For a statistic T, p = P(T(x^rep) >= T(x)) over the replicates. A p near 0 or 1 
 the model does not reproduce that feature of the data; near 0.5, it does.
 
 References:
-    [1] Gelman, Meng & Stern, "Posterior predictive assessment of model fitness via
-        realized discrepancies", Statistica Sinica, 1996.
+    - [1] Gelman, Meng & Stern, "Posterior predictive assessment of model fitness via
+      realized discrepancies", Statistica Sinica, 1996.
 """
 
 from collections.abc import Callable, Sequence

@@ -23,7 +23,7 @@ do not factorise. A model says which by its attribute ``factor_steps`` (an int S
 None where they do not factorise; a model without it counts as None).
 
 References:
-    [1] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+    - [1] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
 """
 
 from collections.abc import Callable, Mapping

@@ -1,10 +1,10 @@
 """Training on the factorised importance-weighted bound, with the DReG gradient.
 
 References:
-    [1] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
-    [2] Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for
-        Monte Carlo Objectives", ICLR 2019.
-    [3] Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018.
+    - [1] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+    - [2] Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for
+      Monte Carlo Objectives", ICLR 2019.
+    - [3] Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018.
 """
 
 import math

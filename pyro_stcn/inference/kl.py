@@ -6,7 +6,7 @@ log q(z) - log p(z) at the guide's reparameterised draw, per batch element and s
 whose gradient :func:`kl_estimate` chooses:
 
 - ``"control-variate"``: KL(q₀ || p̃) in closed form plus the sampled rest,
-  log p̃(ε) - log p(z) - log |det ∂z/∂ε|, with q₀ the guide's Gaussian base (below a
+  log p̃(ε) - log p(z) - log abs(det ∂z/∂ε), with q₀ the guide's Gaussian base (below a
   flow) and p̃ the prior or a mixture prior's moment-matched Gaussian
   (:func:`control_variate_kl`); where no such pair exists, sticking the landing;
 - ``"stl"``, sticking the landing [1]: log q_{sg(φ)}(z) - log p(z), the guide's density
@@ -17,7 +17,7 @@ whose gradient :func:`kl_estimate` chooses:
 KLs, one value per latent dimension, so free bits count the same unit everywhere.
 
 References:
-    [1] Roeder, Wu & Duvenaud, "Sticking the Landing", NeurIPS 2017.
+    - [1] Roeder, Wu & Duvenaud, "Sticking the Landing", NeurIPS 2017.
 """
 
 from collections.abc import Mapping
@@ -153,7 +153,7 @@ def _monte_carlo_kl(guide_site: dict, model_site: dict, gradient: str, values: M
 def control_variate_kl(guide_site: dict, model_site: dict) -> Tensor | None:
     """KL(q || p) at the guide's draw z, with its closed-form part in closed form:
 
-        KL(q || p) = KL(q₀ || p̃) + E[log p̃(ε) - log p(z) - log |det ∂z/∂ε|],   z = f(ε), ε ~ q₀,
+        KL(q || p) = KL(q₀ || p̃) + E[log p̃(ε) - log p(z) - log abs(det ∂z/∂ε)],   z = f(ε), ε ~ q₀,
 
     which holds for any p̃. Here q₀ is the guide's base (q = f#q₀ for a flow f; q itself,
     f the identity, otherwise) and p̃ a stand-in for p with a closed-form KL from q₀: p

@@ -25,7 +25,7 @@ batch element and time step (summed over the event), as ``TraceMeanField_ELBO``
 does (:func:`unit_kl`). Its gradient is chosen by ``kl_gradient``:
 
 - ``"control-variate"`` (the default): the closed-form part of the KL in closed form,
-  KL(q || p) = KL(q₀ || p̃) + E[log p̃(ε) - log p(z) - log |det ∂z/∂ε|], with q₀ the
+  KL(q || p) = KL(q₀ || p̃) + E[log p̃(ε) - log p(z) - log abs(det ∂z/∂ε)], with q₀ the
   guide's Gaussian base (below its flow) and p̃ the prior or, for a mixture prior, its
   moment-matched Gaussian; only the remainder is sampled (:func:`control_variate_kl`).
   Where no such pair exists, sticking the landing;
@@ -62,14 +62,14 @@ surrogate back to the host and tests it for NaN, twice per step). ``loss`` and
 ``loss_and_grads`` are Pyro's, and return Python floats.
 
 References:
-    [1] Aksan & Hilliges, "STCN", ICLR 2019.
-    [2] Andersson, Wahlström & Schön, "MS-STCN", 2021, appendix A.
-    [3] Kingma et al., "Improved Variational Inference with Inverse Autoregressive
-        Flow", NeurIPS 2016 (free bits).
-    [4] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
-    [5] Roeder, Wu & Duvenaud, "Sticking the Landing", NeurIPS 2017.
-    [6] Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for
-        Monte Carlo Objectives", ICLR 2019.
+    - [1] Aksan & Hilliges, "STCN", ICLR 2019.
+    - [2] Andersson, Wahlström & Schön, "MS-STCN", 2021, appendix A.
+    - [3] Kingma et al., "Improved Variational Inference with Inverse Autoregressive
+      Flow", NeurIPS 2016 (free bits).
+    - [4] Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+    - [5] Roeder, Wu & Duvenaud, "Sticking the Landing", NeurIPS 2017.
+    - [6] Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for
+      Monte Carlo Objectives", ICLR 2019.
 """
 
 

@@ -1,9 +1,9 @@
 """Schedules for the KL weight β and the free-bits threshold λ, as functions of step.
 
 References:
-    [1] Aksan & Hilliges, "STCN", ICLR 2019 (β warm-up, 1e-4 per step).
-    [2] Andersson et al., "MS-STCN", 2021, appendix A (λ0 = 0.5 nats, halved every
-        300,000 steps).
+    - [1] Aksan & Hilliges, "STCN", ICLR 2019 (β warm-up, 1e-4 per step).
+    - [2] Andersson et al., "MS-STCN", 2021, appendix A (λ0 = 0.5 nats, halved every
+      300,000 steps).
 """
 
 

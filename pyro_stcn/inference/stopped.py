@@ -28,10 +28,10 @@ keeps STL unbiased (each layer's score given the layers above has mean zero) but
 DReG, and a flow cannot be rebuilt so: such a site needs the hook.
 
 References:
-    [1] Roeder, Wu & Duvenaud, "Sticking the Landing: Simple, Lower-Variance Gradient
-        Estimators for Variational Inference", NeurIPS 2017.
-    [2] Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for
-        Monte Carlo Objectives", ICLR 2019.
+    - [1] Roeder, Wu & Duvenaud, "Sticking the Landing: Simple, Lower-Variance Gradient
+      Estimators for Variational Inference", NeurIPS 2017.
+    - [2] Tucker, Lawson, Gu & Maddison, "Doubly Reparameterized Gradient Estimators for
+      Monte Carlo Objectives", ICLR 2019.
 """
 
 from collections.abc import Callable, Mapping

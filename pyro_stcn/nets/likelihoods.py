@@ -6,8 +6,8 @@ with batch shape ``[batch, time]`` and event shape ``[x_dim]``, whose ``log_prob
 [``heads.SCALE_MIN``, ``heads.SCALE_MAX``] = [1e-3, 5] in the units the model sees.
 
 References:
-    [1] Graves, "Generating Sequences With Recurrent Neural Networks", 2013
-        (pen Bernoulli × mixture over pen offsets).
+    - [1] Graves, "Generating Sequences With Recurrent Neural Networks", 2013
+      (pen Bernoulli × mixture over pen offsets).
 """
 
 import torch

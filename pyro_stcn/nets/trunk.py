@@ -8,9 +8,9 @@ position i has seen s_0..s_i = x_{<i}; hence (paper 1, eq. 4 and 8-13)
     d_cur[l][:, t]    has seen x_{<=t}  (posterior)
 
 References:
-    [1] Aksan & Hilliges, "STCN: Stochastic Temporal Convolutional Networks", ICLR 2019.
-    [2] van den Oord et al., "WaveNet: A Generative Model for Raw Audio", 2016.
-    [3] Paine et al., "Fast Wavenet Generation Algorithm", 2016.
+    - [1] Aksan & Hilliges, "STCN: Stochastic Temporal Convolutional Networks", ICLR 2019.
+    - [2] van den Oord et al., "WaveNet: A Generative Model for Raw Audio", 2016.
+    - [3] Paine et al., "Fast Wavenet Generation Algorithm", 2016.
 """
 
 from typing import NamedTuple

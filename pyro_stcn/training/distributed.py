@@ -1,5 +1,5 @@
 """One run trained by many processes: ``torchrun``, ``torch.distributed`` and
-``DistributedDataParallel`` (DDP).
+``DistributedDataParallel`` (DDP)::
 
     torchrun --nproc_per_node=2 run.py train ...                  # one machine
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d \\
