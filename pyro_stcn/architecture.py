@@ -19,7 +19,7 @@ low module does not import the whole library.
 """
 
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["pyro_stcn.choices", "pyro_stcn.data", "pyro_stcn.architecture"]),
+    ("base", ["pyro_stcn.choices", "pyro_stcn.errors", "pyro_stcn.data", "pyro_stcn.architecture"]),
     ("nets", ["pyro_stcn.nets"]),
     ("inference", ["pyro_stcn.inference"]),
     ("models and guides", ["pyro_stcn.models", "pyro_stcn.guides"]),

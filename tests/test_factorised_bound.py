@@ -167,12 +167,12 @@ def test_factor_steps_of_every_built_in_model():
 def test_the_vrnn_bound_is_per_sequence_and_per_factor_is_refused():
     vrnn, _ = tiny("vrnn")
     assert bound_factor_steps(vrnn, "auto") is None and bound_factor_steps(vrnn, "sequence") is None
-    with pytest.raises(ValueError, match="latents of a VRNN do not factorise over time given x.*--iw-over sequence"):
+    with pytest.raises(ValueError, match="latents of a VRNN do not factorise over time given x.*iw_over sequence"):
         bound_factor_steps(vrnn, "factors")
     stcn = make_model("stcn", tiny_config())
     assert bound_factor_steps(stcn, "auto") == bound_factor_steps(stcn, "factors") == 1
     assert bound_factor_steps(stcn, "sequence") is None
-    with pytest.raises(ValueError, match="unknown --iw-over 'steps'; valid: auto, factors, sequence"):
+    with pytest.raises(ValueError, match="unknown iw_over 'steps'; valid: auto, factors, sequence"):
         bound_factor_steps(stcn, "steps")
 
 

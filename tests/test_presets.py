@@ -94,7 +94,7 @@ def test_flags_override_the_preset(tmp_path, monkeypatch):
 
 def test_a_likelihood_that_does_not_suit_the_data_is_refused(tmp_path, monkeypatch):
     files = _files("speech", tmp_path, monkeypatch)
-    with pytest.raises(ValueError, match="--likelihood bernoulli does not suit --data speech.* gmm or gaussian"):
+    with pytest.raises(ValueError, match="likelihood bernoulli does not suit data speech.* gmm or gaussian"):
         runs.new_run_config(run.settings_of(parse("--data", "speech", "--likelihood", "bernoulli", *files)))
 
 

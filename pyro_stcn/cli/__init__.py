@@ -28,8 +28,10 @@ import sys
 
 from pyro_stcn.cli.bench import add_bench
 from pyro_stcn.cli.compare import add_compare
+from pyro_stcn.cli.options import flag
 from pyro_stcn.cli.results import add_run_commands
 from pyro_stcn.cli.train import add_train_flags, cmd_train, settings_of
+from pyro_stcn.errors import SettingError
 from pyro_stcn.training import Diverged, Interrupted, distributed
 
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except Interrupted as e:
         leave(str(e), 128 + e.signum)
+    except SettingError as e:  # the library's words for its settings, the command line's flags here
+        leave(f"error: {e.text(flag)}", USAGE)
     except (ValueError, FileNotFoundError) as e:
         leave(f"error: {e}", USAGE)
     except (Diverged, OSError) as e:  # OSError: a full disk, a file that vanished, ...

@@ -9,6 +9,11 @@ import torch
 from pyro_stcn.data import DATASETS, FORMATS
 
 
+def flag(setting: str) -> str:
+    """The command-line flag of a setting: ``z_dims`` -> ``--z-dims``."""
+    return "--" + setting.replace("_", "-")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pyro_stcn import runs
-from pyro_stcn.cli.options import add_data_flags, int_list, pick_device, writable
+from pyro_stcn.cli.options import add_data_flags, flag, int_list, pick_device, writable
 from pyro_stcn.cli.results import score_lines
 from pyro_stcn.data import Splits
 from pyro_stcn.evaluation.baselines import independent_bernoulli_nll
@@ -31,6 +31,8 @@ def settings_of(args: argparse.Namespace, quiet: bool = False) -> dict:
     preset applied (and, unless ``quiet``, printed)."""
     settings = dict(vars(args))
     if settings.get("budget") is not None:
+        if not 0 < settings["budget"] < math.inf:
+            raise ValueError(f"--budget: expected a positive number of minutes, got {settings['budget']:g}")
         settings["budget"] *= 60  # minutes on the command line, seconds in TrainConfig
     if not args.preset:
         return settings
@@ -38,7 +40,7 @@ def settings_of(args: argparse.Namespace, quiet: bool = False) -> dict:
     if not quiet:
         print(f"preset {args.preset} = {as_flags(PRESETS[args.preset])} (flags you give override these)")
         if left_out:
-            print(f"  left out for your --data/--model: {', '.join(runs.flag(k) for k in left_out)}")
+            print(f"  left out for your --data/--model: {', '.join(flag(k) for k in left_out)}")
     return settings
 
 
@@ -52,7 +54,7 @@ def resumed(args: argparse.Namespace, device: torch.device) -> tuple:
     if changed:
         raise ValueError(
             f"--resume continues {args.resume} with its own config.json; only --steps, --device, --no-progress, "
-            f"--tensorboard and --checkpoint-every may be given with it, not {', '.join(runs.flag(k) for k in changed)}"
+            f"--tensorboard and --checkpoint-every may be given with it, not {', '.join(flag(k) for k in changed)}"
         )
     run_config, model, guide = runs.resume_run(args.resume, args.steps, device)
     if distributed.is_main() and not (Path(args.resume) / "last.pt").exists():

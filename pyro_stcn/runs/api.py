@@ -29,6 +29,7 @@ from pyro_stcn.nets.likelihoods import PRINTED as PRINTED_LIKELIHOODS
 from pyro_stcn.runs.config import build, load_data, new_run_config, objective_for, schedules_for
 from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainConfig, TrainResult, distributed, train
 from pyro_stcn.training.checkpoint import load_checkpoint
+from pyro_stcn.errors import SettingError
 
 
 def start_run(run_config: dict, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
@@ -36,7 +37,7 @@ def start_run(run_config: dict, run_dir: str | Path, device: torch.device | str 
     ``config.json`` written; refuses a directory that holds another run."""
     run_dir = Path(run_dir)
     if (run_dir / "last.pt").exists():
-        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+        raise SettingError(f"{run_dir} already holds a run; continue it with <resume> {run_dir}")
     pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
     model, guide = build(run_config, device)
     if distributed.is_main():  # under torchrun, rank 0 alone writes
@@ -61,7 +62,7 @@ def resume_run(run_dir: str | Path, steps: int | None = None, device: torch.devi
         last = Path(run_dir) / "last.pt"
         done = load_checkpoint(last)["train_state"]["step"] if last.is_file() else 0
         if steps < max(done, 1):
-            raise ValueError(f"--steps {steps}: {run_dir} has trained {done} steps; give a larger total to train on")
+            raise SettingError(f"<steps> {steps}: {run_dir} has trained {done} steps; give a larger total to train on")
         run_config["train"]["steps"] = steps
         if distributed.is_main():  # atomically: the other ranks may be reading it
             config_path.with_name("config.json.tmp").write_text(json.dumps(run_config, indent=2))
@@ -143,12 +144,12 @@ def bound_factor_steps(model: nn.Module, iw_over: str) -> int | None:
     where its latents do not factorise), None for whole sequences (``"sequence"``), or
     the model's own where it has them, else None (``"auto"``)."""
     if iw_over not in IW_OVER:
-        raise ValueError(f"unknown --iw-over {iw_over!r}; valid: {', '.join(IW_OVER)}")
+        raise SettingError(f"unknown <iw_over> {iw_over!r}; valid: {', '.join(IW_OVER)}")
     steps = factor_steps_of(model) if iw_over != "sequence" else None
     if iw_over == "factors" and steps is None:
-        raise ValueError(
-            f"--iw-over factors: the latents of a {type(model).__name__} do not factorise over time given x (its "
-            "factor_steps is None), so only the sequence-level bound is valid; use --iw-over sequence"
+        raise SettingError(
+            f"<iw_over> factors: the latents of a {type(model).__name__} do not factorise over time given x (its "
+            "factor_steps is None), so only the sequence-level bound is valid; use <iw_over> sequence"
         )
     return steps
 
@@ -163,7 +164,7 @@ def score(run: Run, split: str = "test", iw: int | None = None, chunk: int = 10,
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; valid: train, valid, test")
     if iw is not None and (iw < 1 or chunk < 1):
-        raise ValueError(f"--iw and --chunk must be positive numbers of draws, got {iw} and {chunk}")
+        raise SettingError(f"<iw> and <chunk> must be positive numbers of draws, got {iw} and {chunk}")
     factor_steps = bound_factor_steps(run.model, iw_over)
     sequences = getattr(run.data, split)
     neg_elbo = evaluate_elbo(run.model.model, run.guide, sequences, device=run.device, seed=seed)
@@ -189,22 +190,22 @@ def write_samples(model: nn.Module, data: Splits, path: Path, num: int, steps: i
     those test sequences. Returns the generated ``[num, steps, x_dim]``. Sizes are
     checked before anything is allocated: at most :data:`MAX_SAMPLE_VALUES` values."""
     if num < 1:
-        raise ValueError(f"--num {num}: expected at least 1 sequence")
+        raise SettingError(f"<num> {num}: expected at least 1 sequence")
     if steps is not None and steps < 1:
-        raise ValueError(f"--steps {steps}: expected at least 1 step to generate")
+        raise SettingError(f"<steps> {steps}: expected at least 1 step to generate")
     if prime < 0:
-        raise ValueError(f"--prime {prime}: expected a number of given steps, 0 or more")
+        raise SettingError(f"<prime> {prime}: expected a number of given steps, 0 or more")
     steps = len(data.test[0]) if steps is None else steps
     values = plot_count(data, num) * steps * data.x_dim
     if values > MAX_SAMPLE_VALUES:
-        raise ValueError(f"--num {num} --steps {steps}: {plot_count(data, num)} sequences × {steps} steps × "
+        raise SettingError(f"<num> {num} <steps> {steps}: {plot_count(data, num)} sequences × {steps} steps × "
                          f"{data.x_dim} values = {values:,} values to generate; expected at most "
-                         f"{MAX_SAMPLE_VALUES:,}, so give fewer --steps or --num")  # fmt: skip
+                         f"{MAX_SAMPLE_VALUES:,}, so give fewer <steps> or <num>")  # fmt: skip
     if prime >= steps:
-        raise ValueError(f"--prime {prime} leaves nothing to generate in {steps} steps; give more --steps")
+        raise SettingError(f"<prime> {prime} leaves nothing to generate in {steps} steps; give more <steps>")
     long_enough = [s for s in data.test if len(s) >= max(prime, 1)]
     if not long_enough:
-        raise ValueError(f"--prime {prime}: no test sequence has that many steps (longest {max(map(len, data.test))})")
+        raise SettingError(f"<prime> {prime}: no test sequence has that many steps (longest {max(map(len, data.test))})")
     real = long_enough[: plot_count(data, num)]
     device = next(model.parameters()).device
     given = torch.stack([s[:prime] for s in real]).to(device) if prime else None
@@ -231,7 +232,7 @@ def contender(settings: dict, model: str, out: Path, data: Splits | None, device
     run_dir = out / f"{model}-{run_config['net']['likelihood']}"
     saved = run_dir / "config.json"
     if saved.exists() and without_budget(json.loads(saved.read_text())) != without_budget(run_config):
-        raise ValueError(f"{run_dir} holds a run with other settings; give another --out or remove it")
+        raise SettingError(f"{run_dir} holds a run with other settings; give another <out> or remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(run_config, indent=2))
     pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too

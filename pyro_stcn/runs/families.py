@@ -34,6 +34,7 @@ from pyro_stcn.models import (
 from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.models.ms_stcn_layouts import MS_STCN_LAYOUTS
 from pyro_stcn.runs.registry import Family, register
+from pyro_stcn.errors import SettingError
 
 
 def dense_variant(model: type):
@@ -82,16 +83,15 @@ class MSSTCNFamily(Family):
             values, default = sizes.pop(flag, None), getattr(base, flag)
             if values is None and len(default) != layers:
                 source = f"layout {layout}" if layout else "default"
-                raise ValueError(
-                    f"--strides gives {layers} layers; give --{flag.replace('_', '-')} too (the {source} has "
+                raise SettingError(
+                    f"<strides> gives {layers} layers; give <{flag}> too (the {source} has "
                     f"{len(default)})"
                 )
             values = values or default
             if len(values) == 1:
                 return values * layers
             if len(values) != layers:
-                raise ValueError(f"--{flag.replace('_', '-')} has {len(values)} values for {layers} layers "
-                                 f"(--strides {strides})")  # fmt: skip
+                raise SettingError(f"<{flag}> has {len(values)} values for {layers} layers (<strides> {strides})")
             return values
 
         same_layout = strides == base.strides and blocks in (None, len(base.dilations[0]))

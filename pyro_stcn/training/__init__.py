@@ -3,7 +3,7 @@ the callbacks built on it, checkpoints, the divergence guard, stop signals, one 
 per directory, and torchrun."""
 
 from pyro_stcn.training.callbacks import Callback, CSVLog, PeriodicCheckpoint, ProgressBar
-from pyro_stcn.training.config import ConfigError, TrainConfig, TrainResult, TrainState
+from pyro_stcn.training.config import TrainConfig, TrainResult, TrainState
 from pyro_stcn.training.guard import Diverged
 from pyro_stcn.training.loop import Trainer, train
 from pyro_stcn.training.signals import Interrupted
@@ -11,7 +11,6 @@ from pyro_stcn.training.signals import Interrupted
 __all__ = [
     "CSVLog",
     "Callback",
-    "ConfigError",
     "Diverged",
     "Interrupted",
     "PeriodicCheckpoint",

@@ -4,6 +4,8 @@
 import math
 from dataclasses import dataclass, fields
 
+from pyro_stcn.errors import SettingError
+
 
 @dataclass
 class TrainConfig:
@@ -27,29 +29,21 @@ class TrainConfig:
     bf16: bool = False  # the training step's networks in bfloat16 (nets.precision); evaluation in float32
 
     def check(self) -> None:
-        """Refuse values that cannot mean anything: a ``ValueError`` naming the field
-        (:class:`ConfigError`, which the command line turns into its flag's name)."""
+        """Refuse values that cannot mean anything, naming the setting
+        (:class:`~pyro_stcn.errors.SettingError`; the command line names its flag)."""
         for name in ("steps", "batch_size", "valid_every", "valid_sequences", "crop", "lr_decay_steps", "patience"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(name, f"must be a positive number, got {value}")
+                raise SettingError(f"<{name}>: {name} must be positive, got {value}")
         if not 0 < self.lr < math.inf:
-            raise ConfigError("lr", f"the learning rate must be a positive number, got {self.lr:g}")
+            raise SettingError(f"<lr>: the learning rate must be a positive number, got {self.lr:g}")
         if not 0 < self.lr_decay <= 1:
-            raise ConfigError("lr_decay", f"the learning rate's factor every {self.lr_decay_steps} steps must be in "
-                                          f"(0, 1], got {self.lr_decay:g}")  # fmt: skip
+            raise SettingError(f"<lr_decay>: the learning rate's factor every {self.lr_decay_steps} steps must be in "
+                               f"(0, 1], got {self.lr_decay:g}")  # fmt: skip
         if self.budget is not None and not 0 < self.budget < math.inf:
-            raise ConfigError("budget", f"expected a positive number of seconds, got {self.budget:g}")
+            raise SettingError(f"<budget>: expected a positive number of seconds, got {self.budget:g}")
         if not 0 <= self.seed < 2**32:
-            raise ConfigError("seed", f"expected a whole number from 0 to 2**32 - 1, got {self.seed}")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot mean anything; ``field`` names it in the library's terms."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+            raise SettingError(f"<seed>: expected a whole number from 0 to 2**32 - 1, got {self.seed}")
 
 
 @dataclass
