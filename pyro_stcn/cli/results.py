@@ -22,7 +22,7 @@ def open_run(args: argparse.Namespace) -> runs.Run:
     return run
 
 
-def iw_meaning(scores: runs.Scores) -> str:
+def iw_meaning(scores: bounds.Scores) -> str:
     """What the -IWAE line's factorisation means, in words."""
     if scores.iwae_over == "per sequence":
         return "K draws of all of a sequence's latents at once; ≤ the -ELBO, an upper bound on -log p(x)"
@@ -30,7 +30,7 @@ def iw_meaning(scores: runs.Scores) -> str:
             "given x are independent of the others'; ≤ the -ELBO, an upper bound on -log p(x)")  # fmt: skip
 
 
-def score_lines(title: str, scores: runs.Scores, model: str, draws: int | None) -> list[str]:
+def score_lines(title: str, scores: bounds.Scores, model: str, draws: int | None) -> list[str]:
     """The -ELBO, the -IWAE bound with ``draws`` K if scored, and the KL of each layer."""
     lines = bounds.report_lines(title, scores.neg_elbo, model)
     if scores.neg_iwae:

@@ -28,7 +28,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_stcn.data.batching import batches
-from pyro_stcn.inference.factors import trace_log_weights
+from pyro_stcn.inference.factors import factor_label, trace_log_weights
 from pyro_stcn.inference.kl import bottom_first, layer_of, unit_kl
 
 
@@ -232,3 +232,33 @@ def report_lines(title: str, report: ElboReport, model: str) -> list[str]:
         "|---" * (len(names) + 2) + "|",
         f"| {model} | " + " | ".join(f"{kl:.3f}" for kl in kls) + f" | {sum(kls):.3f} |",
     ]
+
+
+@dataclass
+class Scores:
+    """Figures of a model on a set of sequences: the -ELBO with the KL of each layer (the
+    exact -log p(x) without latents) and, where asked for and the model has latents, the
+    -IWAE bound, importance-weighted ``iwae_over`` ("per step", "per block of 8 steps" or
+    "per sequence")."""
+
+    neg_elbo: ElboReport
+    neg_iwae: BoundReport | None = None
+    iwae_over: str | None = None
+
+
+def score(
+    model: Callable, guide: Callable, sequences: Sequence[Tensor], iw: int | None = None, chunk: int = 10,
+    device: torch.device | str = "cpu", seed: int = 0, progress: Callable[[int], None] | None = None,
+    factor_steps: int | None = None,
+) -> Scores:  # fmt: skip
+    """The one scoring of the library (the command line, ``compare`` and the run API): the
+    -ELBO of ``sequences`` and, with ``iw`` K, the -IWAE bound from K draws (``chunk`` at a
+    time) of each factor of ``factor_steps`` steps (None: whole sequences), for a model
+    with latents (without, its -ELBO is exact already); ``progress`` is called with
+    sequences done."""
+    neg_elbo = evaluate_elbo(model, guide, sequences, device=device, seed=seed)
+    if not iw or not neg_elbo.kl_per_sequence:
+        return Scores(neg_elbo)
+    bound = evaluate_iwae(model, guide, sequences, iw, chunk, device=device, seed=seed, progress=progress,
+                          factor_steps=factor_steps)  # fmt: skip
+    return Scores(neg_elbo, bound, factor_label(factor_steps))

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pyro_stcn.data.batching import Splits
-from pyro_stcn.evaluation.bounds import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
+from pyro_stcn.evaluation.bounds import BoundReport, ElboReport, score
 from pyro_stcn.evaluation.plots import plot_validation_curves, read_log
 from pyro_stcn.inference.factors import factor_label, factor_steps_of
 from pyro_stcn.inference.objectives import LayerwiseELBO
@@ -91,7 +91,7 @@ def compare(
     latent variables."""
     if budget_seconds <= 0 or iw_samples < 1:
         raise ValueError(f"the budget and the IWAE draws must be positive, got {budget_seconds} s and {iw_samples}")
-    scores = []
+    rows = []
     for i, c in enumerate(contenders, 1):
         size = parameter_count(c.network, c.guide)
         tqdm.write(f"[{i}/{len(contenders)}] {c.model}, {c.likelihood} ({size:,} parameters): {c.run_dir}")
@@ -101,19 +101,18 @@ def compare(
             device=device, run_config=c.run_config, callbacks=[CSVLog(), *([ProgressBar()] if progress else [])],
         )  # fmt: skip
         c.network.eval(), c.guide.eval()
-        neg_elbo = evaluate_elbo(c.network.model, c.guide, data.test, device=device)
-        neg_iwae, factor_steps = None, factor_steps_of(c.network)
-        if neg_elbo.kl_per_sequence:
-            with tqdm(total=len(data.test), desc=f"IWAE, K = {iw_samples}", disable=not progress) as bar:
-                neg_iwae = evaluate_iwae(c.network.model, c.guide, data.test, iw_samples, device=device,
-                                         progress=bar.update, factor_steps=factor_steps)  # fmt: skip
+        factor_steps = factor_steps_of(c.network)
+        with tqdm(total=len(data.test), desc=f"IWAE, K = {iw_samples}", disable=not progress) as bar:
+            figures = score(c.network.model, c.guide, data.test, iw_samples, device=device, progress=bar.update,
+                            factor_steps=factor_steps)  # fmt: skip
         log = read_log(c.run_dir / "log.csv")
         curve = (log["valid_seconds"], log["valid_loss"])
-        score = ComparisonRow(c.model, c.likelihood, size, result.last_step, result.seconds, result.best_step,
-                      result.stopped_early, neg_elbo, neg_iwae, factor_label(factor_steps), curve)  # fmt: skip
-        tqdm.write(f"  {cell(score)} nats per sequence after {score.steps} steps in {score.seconds:.0f} s")
-        scores.append(score)
-    return scores
+        row = ComparisonRow(c.model, c.likelihood, size, result.last_step, result.seconds, result.best_step,
+                            result.stopped_early, figures.neg_elbo, figures.neg_iwae, factor_label(factor_steps),
+                            curve)  # fmt: skip
+        tqdm.write(f"  {cell(row)} nats per sequence after {row.steps} steps in {row.seconds:.0f} s")
+        rows.append(row)
+    return rows
 
 
 def cell(score: ComparisonRow) -> str:

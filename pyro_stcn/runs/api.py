@@ -30,6 +30,7 @@ from pyro_stcn.runs.config import build, load_data, new_run_config, objective_fo
 from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainConfig, TrainResult, distributed, train
 from pyro_stcn.training.checkpoint import load_checkpoint
 from pyro_stcn.errors import SettingError
+from pyro_stcn.evaluation import bounds
 
 
 def start_run(run_config: dict, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
@@ -125,17 +126,6 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
     return Run(Path(run_dir), run_config, model, guide)
 
 
-@dataclass
-class Scores:
-    """A run's figures on one split: the -ELBO (exact -log p(x) without latents) and,
-    if asked for, the -IWAE bound, importance-weighted ``iwae_over`` ("per step", "per
-    block of 8 steps" or "per sequence")."""
-
-    neg_elbo: ElboReport
-    neg_iwae: BoundReport | None = None
-    iwae_over: str | None = None
-
-
 IW_OVER = ("auto", "factors", "sequence")
 
 
@@ -155,24 +145,18 @@ def bound_factor_steps(model: nn.Module, iw_over: str) -> int | None:
 
 
 def score(run: Run, split: str = "test", iw: int | None = None, chunk: int = 10, seed: int = 0,
-          progress=None, iw_over: str = "auto") -> Scores:  # fmt: skip
-    """-ELBO and the KL of each layer on ``split``, and with ``iw`` K the -IWAE bound
-    from K draws (``chunk`` at a time) of each factor the model's latents split into
-    (``iw_over="auto"``: per step for STCN, per sequence for the VRNN; ``"factors"``
-    insists on it, ``"sequence"`` draws whole sequences); ``progress`` is called with
-    sequences done."""
+          progress=None, iw_over: str = "auto") -> bounds.Scores:  # fmt: skip
+    """:func:`pyro_stcn.evaluation.bounds.score` of the run on ``split``: the -ELBO and the
+    KL of each layer, and with ``iw`` K (a model with latents) the -IWAE bound from K draws
+    (``chunk`` at a time) of each factor the model's latents split into (``iw_over="auto"``:
+    per step for STCN, per sequence for the VRNN; ``"factors"`` insists on it,
+    ``"sequence"`` draws whole sequences); ``progress`` is called with sequences done."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; valid: train, valid, test")
     if iw is not None and (iw < 1 or chunk < 1):
         raise SettingError(f"<iw> and <chunk> must be positive numbers of draws, got {iw} and {chunk}")
-    factor_steps = bound_factor_steps(run.model, iw_over)
-    sequences = getattr(run.data, split)
-    neg_elbo = evaluate_elbo(run.model.model, run.guide, sequences, device=run.device, seed=seed)
-    if not iw:
-        return Scores(neg_elbo)
-    bound = evaluate_iwae(run.model.model, run.guide, sequences, iw, chunk, device=run.device, seed=seed,
-                          progress=progress, factor_steps=factor_steps)  # fmt: skip
-    return Scores(neg_elbo, bound, factor_label(factor_steps))
+    return bounds.score(run.model.model, run.guide, getattr(run.data, split), iw, chunk, run.device, seed, progress,
+                        bound_factor_steps(run.model, iw_over))  # fmt: skip
 
 
 def plot_count(data: Splits, num: int) -> int:
