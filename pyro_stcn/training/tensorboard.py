@@ -7,6 +7,7 @@ import io
 import matplotlib.pyplot as plt
 import torch
 
+from pyro_stcn.errors import SettingError
 from pyro_stcn.evaluation.plots import plot_sequences
 from pyro_stcn.training.callbacks import Callback
 from pyro_stcn.training.config import TrainState
@@ -24,7 +25,7 @@ class TensorBoard(Callback):
 
     def __init__(self, data):
         if importlib.util.find_spec("tensorboard") is None:
-            raise ValueError("TensorBoard events need the tensorboard package: pip install tensorboard")
+            raise SettingError("<tensorboard> needs the tensorboard package: pip install tensorboard")
         self.data, self.writer = data, None
 
     def on_train_start(self, trainer, state: TrainState) -> None:
