@@ -198,7 +198,7 @@ def test_iamondb_split_lists_from_the_command_line(tmp_path):
     args = run.parser().parse_args(["train", "--data", "iamondb", "--data-dir", str(tmp_path / "lineStrokes"),
                                     "--split-lists", str(tmp_path)])  # fmt: skip
     config, data = runs.new_run_config(run.settings_of(args))
-    assert config["data_args"]["split_lists"] == str(tmp_path)
+    assert config.data_args["split_lists"] == str(tmp_path)
     assert (len(data.train), len(data.valid), len(data.test)) == (3, 1, 2)
     with pytest.raises(SystemExit, match="--split-lists does not apply to --data lasa"):
         run.main(["train", "--data", "lasa", "--split-lists", str(tmp_path), "--out", str(tmp_path / "x")])

@@ -79,8 +79,8 @@ def test_two_processes_train_the_parameters_of_one(wavenet_runs):
         for key in ("loss", "lr") + (("valid_loss",) if a["valid_loss"] else ()):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5), (a["step"], key)
     # not trivially equal: training moved the weights away from the seed's initial ones
-    run_config = json.loads((out / "one" / "config.json").read_text())
-    pyro.set_rng_seed(run_config["train"]["seed"])
+    run_config = runs.RunConfig.from_dict(json.loads((out / "one" / "config.json").read_text()))
+    pyro.set_rng_seed(run_config.train.seed)
     initial, _ = runs.build(run_config)
     assert any((one[f"model.{k}"] - v).abs().max() > 1e-4 for k, v in initial.state_dict().items())
 

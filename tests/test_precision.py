@@ -14,7 +14,6 @@ from pyro_stcn.inference.objectives import LayerwiseELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS
 from pyro_stcn.nets.precision import network_autocast
 from pyro_stcn.runs.registry import make_guide, make_model
-from pyro_stcn.training.loop import TrainConfig
 from tests.conftest import ragged_batch, tiny_config
 
 
@@ -114,7 +113,7 @@ def test_the_bf16_flag_reaches_the_run_config(digits):
     for argv, expected in ((["train", "--bf16"], True), (["train"], False)):
         settings = cli.settings_of(cli.parser().parse_args(argv), quiet=True)
         run_config, _ = runs.new_run_config(settings, data=digits)
-        assert run_config["train"]["bf16"] is expected
+        assert run_config.train.bf16 is expected
 
 
 def test_a_config_from_before_bf16_resumes_in_float32(digits, tmp_path):
@@ -126,5 +125,5 @@ def test_a_config_from_before_bf16_resumes_in_float32(digits, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     run_config, model, guide = runs.resume_run(tmp_path, steps=4)
     result = runs.train_run(run_config, model, guide, runs.load_data(run_config), tmp_path, callbacks=[])
-    assert result.last_step == 4 and TrainConfig(**run_config["train"]).bf16 is False
+    assert result.last_step == 4 and run_config.train.bf16 is False
     assert len(_losses(tmp_path)) == 4 and math.isfinite(_losses(tmp_path)[-1])

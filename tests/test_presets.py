@@ -72,14 +72,14 @@ def test_each_preset_builds_and_scores_its_data(name, tmp_path, monkeypatch):
     preset = PRESETS[name]
     args = parse("--preset", name, *_files(preset["data"], tmp_path, monkeypatch))
     config, data = runs.new_run_config(run.settings_of(args))
-    assert config["preset"] == name and config["model"] == preset["model"]
-    assert config["objective"] == preset["objective"] and config["net"]["likelihood"] == preset["likelihood"]
-    assert config["train"]["lr"] == preset["lr"] and config["train"]["lr_decay"] == preset["lr_decay"]
+    assert config.preset == name and config.model == preset["model"]
+    assert config.objective == preset["objective"] and config.net.likelihood == preset["likelihood"]
+    assert config.train.lr == preset["lr"] and config.train.lr_decay == preset["lr_decay"]
     if "z_dims" in preset:
-        assert config["net"]["z_dims"][: len(preset["z_dims"])] == preset["z_dims"]
+        assert config.net.z_dims[: len(preset["z_dims"])] == preset["z_dims"]
     model, guide = runs.build(config, torch.device("cpu"))
     x, mask = pad_batch(data.train[:2])
-    loss = make_objective(config["objective"]).differentiable_loss(model.model, guide, x, mask)
+    loss = make_objective(config.objective).differentiable_loss(model.model, guide, x, mask)
     assert torch.isfinite(loss)
 
 
@@ -87,9 +87,9 @@ def test_flags_override_the_preset(tmp_path, monkeypatch):
     files = _files("speech", tmp_path, monkeypatch)
     args = parse("--preset", "timit-stcn-cpu", "--lr", "0.01", "--likelihood", "gmm", "--components", "3", *files)
     config, _ = runs.new_run_config(run.settings_of(args))
-    assert config["train"]["lr"] == 0.01 and config["train"]["lr_decay"] == 0.8  # the rest from the preset
-    assert config["net"]["likelihood"] == "gmm" and config["net"]["components"] == 3
-    assert config["objective"] == "annealed" and config["beta_rate"] == 1e-3
+    assert config.train.lr == 0.01 and config.train.lr_decay == 0.8  # the rest from the preset
+    assert config.net.likelihood == "gmm" and config.net.components == 3
+    assert config.objective == "annealed" and config.beta_rate == 1e-3
 
 
 def test_a_likelihood_that_does_not_suit_the_data_is_refused(tmp_path, monkeypatch):
@@ -119,28 +119,28 @@ def test_a_zero_flag_is_not_taken_for_an_absent_one(tmp_path, monkeypatch):
     config, _ = runs.new_run_config(
         run.settings_of(parse("--preset", "blizzard-ms-stcn-fw200-cpu", "--lam", "0", *files))
     )
-    assert config["lam"] == 0.0
+    assert config.lam == 0.0
 
 
 def test_other_data_or_model_family_leave_out_the_presets_own_settings(tmp_path, monkeypatch, capsys):
     np.savez(tmp_path / "mine.npz", data=np.random.default_rng(0).normal(size=(300, 2)), lengths=[10] * 30)
     args = parse("--preset", "timit-stcn-cpu", "--data", "npz", "--data-dir", str(tmp_path / "mine.npz"))
     config, _ = runs.new_run_config(run.settings_of(args))  # the preset's --fw 200 would not apply to npz
-    assert "fw" not in config["data_args"] and config["net"]["likelihood"] == "gaussian"
-    assert config["objective"] == "annealed"  # the rest of the recipe stays
+    assert "fw" not in config.data_args and config.net.likelihood == "gaussian"
+    assert config.objective == "annealed"  # the rest of the recipe stays
     assert "left out for your --data/--model: --fw, --likelihood" in capsys.readouterr().out
     args = parse("--preset", "iamondb-stcn-dense-cpu", "--model", "ms-stcn", *_files("lasa", tmp_path, monkeypatch))
     config, _ = runs.new_run_config(run.settings_of(args))  # STCN's --hidden and --output-layers would be refused
-    assert config["model"] == "ms-stcn" and config["net"]["likelihood"] == "handwriting"
+    assert config.model == "ms-stcn" and config.net.likelihood == "handwriting"
 
 
 def test_baselines_take_from_an_stcn_preset_only_what_applies(tmp_path, monkeypatch, capsys):
     files = _files("speech", tmp_path, monkeypatch)
     config, _ = runs.new_run_config(run.settings_of(parse("--preset", "timit-stcn-cpu", "--model", "wavenet", *files)))
     preset = PRESETS["timit-stcn-cpu"]  # the same trunk: channels, blocks, and a level per latent layer
-    assert config["guide"] == "none" and config["net"]["layers"] == len(preset["z_dims"])
-    assert config["net"]["channels"] == preset["channels"][0] and config["net"]["blocks"] == preset["blocks"]
+    assert config.guide == "none" and config.net.layers == len(preset["z_dims"])
+    assert config.net.channels == preset["channels"][0] and config.net.blocks == preset["blocks"]
     assert "left out for your --data/--model: --z-dims, --guide" in capsys.readouterr().out
     config, _ = runs.new_run_config(run.settings_of(parse("--preset", "timit-stcn-cpu", "--model", "vrnn", *files)))
-    assert config["guide"] == "vrnn" and config["net"]["hidden"] == family_of("vrnn").defaults.hidden  # another family
-    assert config["net"]["likelihood"] == "gaussian" and config["objective"] == "annealed"
+    assert config.guide == "vrnn" and config.net.hidden == family_of("vrnn").defaults.hidden  # another family
+    assert config.net.likelihood == "gaussian" and config.objective == "annealed"

@@ -22,7 +22,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if not math.isfinite(args.budget) or args.budget <= 0 or args.iw < 1:
         raise ValueError(f"--budget and --iw must be positive, got {args.budget} minutes and {args.iw} draws")
     device = pick_device(args.device)
-    data_name = args.data or (PRESETS[args.preset]["data"] if args.preset else runs.RUN_DEFAULTS["data"])
+    data_name = args.data or (PRESETS[args.preset]["data"] if args.preset else runs.RunConfig.data)
     out = Path(args.out or f"runs/compare-{args.preset or data_name}")
     if args.preset:
         print(f"preset {args.preset} = {as_flags(PRESETS[args.preset])}, less what each model does not take; "

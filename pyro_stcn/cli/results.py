@@ -48,8 +48,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     with tqdm(total=len(getattr(run.data, args.split)), desc=f"IWAE, K = {args.iw}",
               disable=args.no_progress or not args.iw) as bar:  # fmt: skip
         scores = runs.score(run, args.split, args.iw, args.chunk, args.seed, progress=bar.update, iw_over=args.iw_over)
-    title = f"{run.config['model']} on {run.config['data']}, {args.split} split"
-    lines = score_lines(title, scores, run.config["model"], args.iw)
+    title = f"{run.config.model} on {run.config.data}, {args.split} split"
+    lines = score_lines(title, scores, run.config.model, args.iw)
     if run.data.kind == "image":
         lines.append("one sequence is one image: nats per sequence are nats per image")
     print("\n".join(lines))
@@ -97,8 +97,8 @@ def cmd_ppc(args: argparse.Namespace) -> None:
     run = open_run(args)
     test = run.data.test[: args.num]
     rows = posterior_predictive_check(run.model, run.guide, test, run.data.kind, args.replicates, run.device)
-    title = (f"posterior predictive checks of {run.config['model']} on {len(test)} test sequences of "
-             f"{run.config['data']}, {args.replicates} replicates each; p = P(T(replicate) >= T(real))")  # fmt: skip
+    title = (f"posterior predictive checks of {run.config.model} on {len(test)} test sequences of "
+             f"{run.config.data}, {args.replicates} replicates each; p = P(T(replicate) >= T(real))")  # fmt: skip
     lines = check_table(title, rows)
     print("\n".join(lines))
     out = Path(args.run)

@@ -83,7 +83,7 @@ def train_and_report(args: argparse.Namespace, device: torch.device, main: bool)
             train_and_report_locked(args, device, main, *resumed(args, device))
         return
     run_config, data = runs.new_run_config(settings_of(args, quiet=not main))
-    name = f"{run_config['model']}-{run_config['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"{run_config.model}-{run_config.guide}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.out or f"runs/{distributed.from_main(name)}")  # the ranks' clocks differ
     writable(run_dir, "--out", directory=True)
     with hold(run_dir):
@@ -93,13 +93,13 @@ def train_and_report(args: argparse.Namespace, device: torch.device, main: bool)
 
 def train_and_report_locked(args: argparse.Namespace, device: torch.device, main: bool, run_config: dict,
                             model: nn.Module, guide: nn.Module, data: Splits, run_dir: Path) -> None:  # fmt: skip
-    prior = f" and the {run_config['net']['prior']} prior" if "prior" in run_config["net"] else ""
+    prior = f" and the {run_config.net.prior} prior" if hasattr(run_config.net, "prior") else ""
     processes = f" ({distributed.size()} processes)" if distributed.active() else ""
     if main:
         print(
-            f"training {run_config['model']} ({parameter_count(model, guide):,} parameters) with the "
-            f"{run_config['guide']} guide{prior} on {run_config['data']} ({len(data.train)} train sequences) by "
-            f"{run_config['objective']} ({run_config.get('kl_gradient', 'pathwise')} KL gradient) on "
+            f"training {run_config.model} ({parameter_count(model, guide):,} parameters) with the "
+            f"{run_config.guide} guide{prior} on {run_config.data} ({len(data.train)} train sequences) by "
+            f"{run_config.objective} ({run_config.kl_gradient} KL gradient) on "
             f"{device}{processes}; run directory {run_dir}"
         )
     result = runs.train_run(run_config, model, guide, data, run_dir, device, callbacks(args, data))
@@ -130,11 +130,11 @@ def report_training(args: argparse.Namespace, run_config: dict, model: nn.Module
     run = runs.Run(run_dir, run_config, model, guide)
     run.data = data
     scores = runs.score(run, "test")
-    draws = run_config.get("test_iw", 0)  # 0 in runs saved before it existed
+    draws = run_config.test_iw
     if scores.neg_elbo.kl_per_sequence and draws:
         with tqdm(total=len(data.test), desc=f"IWAE, K = {draws}", disable=args.no_progress) as bar:
             scores = runs.score(run, "test", draws, progress=bar.update)
-    lines, reference = score_lines("test", scores, run_config["model"], draws), None
+    lines, reference = score_lines("test", scores, run_config.model, draws), None
     if data.likelihood == "bernoulli":
         reference = independent_bernoulli_nll(data.train, data.test)
         values = "pixels" if data.kind == "image" else "values"

@@ -26,24 +26,24 @@ from pyro_stcn.evaluation.compare import Contender
 from pyro_stcn.evaluation.plots import plot_sequences
 from pyro_stcn.inference.factors import factor_label, factor_steps_of
 from pyro_stcn.nets.likelihoods import PRINTED as PRINTED_LIKELIHOODS
-from pyro_stcn.runs.config import build, load_data, new_run_config, objective_for, schedules_for
+from pyro_stcn.runs.config import RunConfig, build, load_data, new_run_config, objective_for, schedules_for
 from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainConfig, TrainResult, distributed, train
 from pyro_stcn.training.checkpoint import load_checkpoint
 from pyro_stcn.errors import SettingError
 from pyro_stcn.evaluation import bounds
 
 
-def start_run(run_config: dict, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
+def start_run(run_config: RunConfig, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
     """Model and guide of a new run, their weights from the run's seed, and its
     ``config.json`` written; refuses a directory that holds another run."""
     run_dir = Path(run_dir)
     if (run_dir / "last.pt").exists():
         raise SettingError(f"{run_dir} already holds a run; continue it with <resume> {run_dir}")
-    pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
+    pyro.set_rng_seed(run_config.train.seed)  # the seed sets the initial weights too
     model, guide = build(run_config, device)
     if distributed.is_main():  # under torchrun, rank 0 alone writes
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(run_config, indent=2))
+        (run_dir / "config.json").write_text(json.dumps(run_config.to_dict(), indent=2))
     return model, guide
 
 
@@ -54,26 +54,25 @@ def resume_run(run_dir: str | Path, steps: int | None = None, device: torch.devi
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json there, so it is not a run directory")
     try:
-        run_config = json.loads(config_path.read_text())
+        saved = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path} is not valid JSON ({e}); it cannot be resumed") from None
-    if not isinstance(run_config, dict) or not isinstance(run_config.get("train"), dict) or "net" not in run_config:
-        raise ValueError(f"{config_path} has no 'train' and 'net' settings; expected the config.json of a run")
+    run_config = RunConfig.from_dict(saved, str(config_path))
     if steps is not None:  # train a finished run for longer
         last = Path(run_dir) / "last.pt"
         done = load_checkpoint(last)["train_state"]["step"] if last.is_file() else 0
         if steps < max(done, 1):
             raise SettingError(f"<steps> {steps}: {run_dir} has trained {done} steps; give a larger total to train on")
-        run_config["train"]["steps"] = steps
+        run_config.train.steps = steps
         if distributed.is_main():  # atomically: the other ranks may be reading it
-            config_path.with_name("config.json.tmp").write_text(json.dumps(run_config, indent=2))
+            config_path.with_name("config.json.tmp").write_text(json.dumps(run_config.to_dict(), indent=2))
             config_path.with_name("config.json.tmp").replace(config_path)
-    pyro.set_rng_seed(run_config["train"]["seed"])
+    pyro.set_rng_seed(run_config.train.seed)
     return (run_config, *build(run_config, device))
 
 
 def train_run(
-    run_config: dict,
+    run_config: RunConfig,
     model: nn.Module,
     guide: nn.Module,
     data: Splits,
@@ -89,8 +88,8 @@ def train_run(
     callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
     return train(
         model.model, guide, {"model": model, "guide": guide}, objective_for(run_config), data,
-        TrainConfig(**run_config["train"]), run_dir, schedules=schedules_for(run_config), device=device,
-        run_config=run_config, callbacks=[CSVLog(), *callbacks],
+        run_config.train, run_dir, schedules=schedules_for(run_config), device=device,
+        run_config=run_config.to_dict(), callbacks=[CSVLog(), *callbacks],
     )  # fmt: skip
 
 
@@ -99,7 +98,7 @@ class Run:
     """A trained run: its directory, config, and model and guide in eval mode."""
 
     directory: Path
-    config: dict
+    config: RunConfig
     model: nn.Module
     guide: nn.Module
 
@@ -116,9 +115,9 @@ class Run:
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint: str = "best.pt") -> Run:
     """The run in ``run_dir`` with the weights of its best validation (or ``checkpoint``)."""
     ckpt = load_checkpoint(Path(run_dir) / checkpoint, device)
-    run_config = ckpt["run_config"]
-    if "net" not in run_config:
+    if "net" not in ckpt["run_config"]:
         raise ValueError(f"{run_dir} was written by an older pyro-stcn (no 'net' in its config); train it again")
+    run_config = RunConfig.from_dict(ckpt["run_config"], f"{Path(run_dir) / checkpoint}'s config")
     model, guide = build(run_config, device)
     model.load_state_dict(ckpt["model"])
     guide.load_state_dict(ckpt["guide"])
@@ -203,25 +202,21 @@ def write_samples(model: nn.Module, data: Splits, path: Path, num: int, steps: i
     return generated
 
 
-def without_budget(run_config: dict) -> dict:
-    """A run's config less its time budget: a rerun with a larger budget trains on."""
-    return {**run_config, "train": {k: v for k, v in run_config["train"].items() if k != "budget"}}
-
-
 def contender(settings: dict, model: str, out: Path, data: Splits | None, device: torch.device,
               budget: float) -> tuple[Contender, Splits]:  # fmt: skip
     """One cell of the comparison, set up as ``train`` would with the same settings."""
     run_config, data = new_run_config({**settings, "model": model}, data=data)
-    run_config["train"].update(steps=10**9, budget=budget)  # the time budget ends training
-    run_dir = out / f"{model}-{run_config['net']['likelihood']}"
+    run_config.train.steps, run_config.train.budget = 10**9, budget  # the time budget ends training
+    run_dir = out / f"{model}-{run_config.net.likelihood}"
     saved = run_dir / "config.json"
-    if saved.exists() and without_budget(json.loads(saved.read_text())) != without_budget(run_config):
+    if saved.exists() and RunConfig.from_dict(json.loads(saved.read_text()), str(saved)).without_budget() != (
+        run_config.without_budget()
+    ):
         raise SettingError(f"{run_dir} holds a run with other settings; give another <out> or remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(run_config, indent=2))
-    pyro.set_rng_seed(run_config["train"]["seed"])  # the seed sets the initial weights too
+    saved.write_text(json.dumps(run_config.to_dict(), indent=2))
+    pyro.set_rng_seed(run_config.train.seed)  # the seed sets the initial weights too
     network, guide = build(run_config, device)
-    column = PRINTED_LIKELIHOODS[run_config["net"]["likelihood"]]
+    column = PRINTED_LIKELIHOODS[run_config.net.likelihood]
     return Contender(model, column, network, guide, objective_for(run_config),
-                     TrainConfig(**run_config["train"]), run_dir, schedules_for(run_config),
-                     run_config), data  # fmt: skip
+                     run_config.train, run_dir, schedules_for(run_config), run_config.to_dict()), data  # fmt: skip
