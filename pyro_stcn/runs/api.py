@@ -21,16 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.data import Splits
-from pyro_stcn.evaluation.bounds import BoundReport, ElboReport, evaluate_elbo, evaluate_iwae
-from pyro_stcn.evaluation.compare import Contender
-from pyro_stcn.evaluation.plots import plot_sequences
-from pyro_stcn.inference.factors import factor_label, factor_steps_of
-from pyro_stcn.nets.likelihoods import PRINTED as PRINTED_LIKELIHOODS
-from pyro_stcn.runs.config import RunConfig, build, load_data, new_run_config, objective_for, schedules_for
-from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainConfig, TrainResult, distributed, train
-from pyro_stcn.training.checkpoint import load_checkpoint
 from pyro_stcn.errors import SettingError
 from pyro_stcn.evaluation import bounds
+from pyro_stcn.evaluation.compare import Contender
+from pyro_stcn.evaluation.plots import plot_sequences
+from pyro_stcn.inference.factors import factor_steps_of
+from pyro_stcn.nets.likelihoods import PRINTED as PRINTED_LIKELIHOODS
+from pyro_stcn.runs.config import RunConfig, build, load_data, new_run_config, objective_for, schedules_for
+from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainResult, distributed, train
+from pyro_stcn.training.checkpoint import load_checkpoint
 
 
 def start_run(run_config: RunConfig, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
@@ -188,7 +187,8 @@ def write_samples(model: nn.Module, data: Splits, path: Path, num: int, steps: i
         raise SettingError(f"<prime> {prime} leaves nothing to generate in {steps} steps; give more <steps>")
     long_enough = [s for s in data.test if len(s) >= max(prime, 1)]
     if not long_enough:
-        raise SettingError(f"<prime> {prime}: no test sequence has that many steps (longest {max(map(len, data.test))})")
+        longest = max(map(len, data.test))
+        raise SettingError(f"<prime> {prime}: no test sequence has that many steps (longest {longest})")
     real = long_enough[: plot_count(data, num)]
     device = next(model.parameters()).device
     given = torch.stack([s[:prime] for s in real]).to(device) if prime else None

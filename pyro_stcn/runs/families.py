@@ -9,6 +9,7 @@ takes, and its guides.
 
 import dataclasses
 
+from pyro_stcn.errors import SettingError
 from pyro_stcn.guides import (
     IAFGuide,
     IndependentGuide,
@@ -34,7 +35,6 @@ from pyro_stcn.models import (
 from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.models.ms_stcn_layouts import MS_STCN_LAYOUTS
 from pyro_stcn.runs.registry import Family, register
-from pyro_stcn.errors import SettingError
 
 
 def dense_variant(model: type):
