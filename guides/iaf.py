@@ -5,19 +5,20 @@ conditional affine autoregressive steps, all conditioned on what the estimate se
 (STCN: c = [d_cur^l_t, z^{l+1}_t]; MS-STCN: c = [h^l, d^l]):
 
     ε ~ N(μ̂(c), σ̂(c)),   y_0 = ε
-    [m_k, s_k] = g_k · AutoregressiveNN_k(y_{k-1}, c)
+    [m_k, s_k] = AutoregressiveNN_k(y_{k-1}, c)
     y_k = m_k + exp(s_k) ⊙ y_{k-1}                   k = 1..K,   z^l = y_K
 
     log q(z^l | c) = log N(ε; μ̂, σ̂) - Σ_k Σ_i s_{k,i}
 
-(Kingma et al., eq. 10; Pyro clips s to [-5, 3].) Each step's scalar gate g_k starts at
-0, so every step starts as the identity: the flow guide starts as exactly the
-independent Gaussian guide it generalises, and leaves it as fast as one scalar learns,
-where training pays for it. Measured on the digits (README): Kingma et al.'s "stable"
-update y = σ y + (1 - σ) m, which cannot be the identity, trained to about a nat per
-image worse than the Gaussian; a zero output layer instead of the gate, which Adam
-moves by a full step in every weight from the first update, left some seeds on the
-40-nat plateau of unused latents for a hundred steps longer than the Gaussian.
+(Kingma et al., eq. 10; Pyro clips s to [-5, 3].) Each autoregressive net's output layer
+starts at zero, so m = s = 0 and every step is the identity: the flow guide starts as
+exactly the independent Gaussian guide it generalises, and departs from it only where
+training pays for it. (The paper's "stable" update y = σ y + (1 - σ) m, σ = sigmoid(s +
+b), cannot be the identity; started near it with random output layers, it trained to
+1-2 nats per image worse than the Gaussian on the digits. A scalar gate g_k on (m_k, s_k)
+starting at 0 was tried too: the nets' weights get no gradient while g_k = 0, g_k's
+gradient is the noise of random nets, and the gates stayed within 0.05 of 0 for 1500
+steps, a flow unused; see "Extending" in the documentation.)
 
 Dimension i of m_k and s_k reads only the dimensions of y_{k-1} before i in the step's
 order (MADE masks, Germain et al. 2015), so the Jacobian is triangular; the order is
@@ -54,19 +55,6 @@ from pyro_stcn.models.stcn import STCN
 from pyro_stcn.nets.trunk import Features
 
 
-class GatedAutoRegressiveNN(ConditionalAutoRegressiveNN):
-    """Pyro's conditional MADE net, its outputs (m, s) multiplied by a learned scalar
-    gate that starts at 0: the affine step it drives starts as the identity."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.gate = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        m, s = super().forward(x, context)
-        return self.gate * m, self.gate * s
-
-
 def iaf_steps(z_dim: int, context_dim: int, hidden: int, flows: int) -> nn.ModuleList:
     """``flows`` conditional IAF steps over ``z_dim`` dimensions given a context of
     ``context_dim``, each with one hidden layer of ``max(hidden, z_dim)`` units (MADE
@@ -80,32 +68,40 @@ def iaf_steps(z_dim: int, context_dim: int, hidden: int, flows: int) -> nn.Modul
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="ConditionalAutoRegressiveNN input_dim = 1")
         for k in range(flows):
-            arn = GatedAutoRegressiveNN(
+            arn = ConditionalAutoRegressiveNN(
                 z_dim, context_dim, [max(hidden, z_dim)], permutation=order.flip(0) if k % 2 else order
             )
+            nn.init.zeros_(arn.layers[-1].weight)  # m = s = 0: the identity
+            nn.init.zeros_(arn.layers[-1].bias)
             steps.append(ConditionalAffineAutoregressive(arn))
     return steps
 
 
 def keep_update_form(guide: nn.Module) -> None:
-    """Let ``guide`` (whose flows are ``guide.flow``) load runs saved before its flows
-    were gated: those used the stable update y = σ y + (1 - σ) m, which they say by having
-    no ``stable_update`` entry in their state_dict, and had no gates (a gate of 1). The
-    update's form is a buffer, read once when a state_dict is loaded."""
+    """Let ``guide`` (whose flows are ``guide.flow``) load runs saved by earlier versions:
+    those saved before the flows started at the identity used the stable update
+    y = σ y + (1 - σ) m, and say so by having no ``stable_update`` entry in their
+    state_dict (the form is a buffer, read once when a state_dict is loaded); those saved
+    with gated steps hold a ``gate`` per step, which multiplied the output layer's
+    outputs, so it is folded into that layer's weight and bias (exactly)."""
     guide.register_buffer("stable_update", torch.tensor(False))
 
-    def fill_in_old_runs(module, state_dict, prefix, *args) -> None:
+    def old_runs_were_stable(module, state_dict, prefix, *args) -> None:
         state_dict.setdefault(prefix + "stable_update", torch.tensor(True))
         for l, steps in enumerate(module.flow):
-            for k in range(len(steps)):
-                state_dict.setdefault(f"{prefix}flow.{l}.{k}.nn.gate", torch.tensor(1.0))
+            for k, step in enumerate(steps):
+                gate = state_dict.pop(f"{prefix}flow.{l}.{k}.nn.gate", None)
+                if gate is not None:
+                    last = f"{prefix}flow.{l}.{k}.nn.layers.{len(step.nn.layers) - 1}"
+                    for name in ("weight", "bias"):
+                        state_dict[f"{last}.{name}"] = gate * state_dict[f"{last}.{name}"]
 
     def set_form(module, incompatible) -> None:
         for steps in module.flow:
             for step in steps:
                 step.kwargs["stable"] = bool(module.stable_update)
 
-    guide.register_load_state_dict_pre_hook(fill_in_old_runs)
+    guide.register_load_state_dict_pre_hook(old_runs_were_stable)
     guide.register_load_state_dict_post_hook(set_form)
 
 

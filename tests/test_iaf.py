@@ -22,13 +22,15 @@ STCN_NAMES = ["stcn", "stcn-dense"]
 
 
 def _iaf(model, **kwargs):
-    """An IAF guide whose flows have left their identity start (gates opened), so that
-    what the flows do is seen."""
+    """An IAF guide whose flows have left their identity start (random output layers), so
+    that what the flows do is seen."""
     guide = make_guide("iaf", model) if not kwargs else type(make_guide("iaf", model))(model, **kwargs)
+    generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for steps in guide.flow:
             for step in steps:
-                step.nn.gate.fill_(1.0)
+                for p in (step.nn.layers[-1].weight, step.nn.layers[-1].bias):
+                    p.copy_(0.3 * torch.randn(p.shape, generator=generator))
     return guide
 
 
@@ -291,8 +293,8 @@ def test_one_dimensional_latents(model_name):
 
 @pytest.mark.parametrize("model_name", ["stcn-dense", "ms-stcn"])
 def test_flows_start_as_the_identity(model_name):
-    """A new IAF guide is the independent guide it generalises (its gates closed): with
-    the same estimate weights and seed, the same draws and the same densities."""
+    """A new IAF guide is the independent guide it generalises: with the same estimate
+    weights and seed, the same draws and the same densities."""
     model = make_model("stcn-dense", tiny_config()) if model_name == "stcn-dense" else _ms_model()
     iaf, independent = make_guide("iaf", model), make_guide("independent", model)
     independent.load_state_dict({k: v for k, v in iaf.state_dict().items() if k.startswith("estimate")})
@@ -309,15 +311,15 @@ def test_flows_start_as_the_identity(model_name):
 
 
 def test_runs_saved_with_the_stable_update_load_with_it():
-    """Runs saved before the flows were gated used the stable update y = σ y + (1 - σ) m
-    and had no gates: without ``stable_update`` and gate entries they load with that
-    update and gates of 1, and score a draw as they did; a run saved now loads as saved."""
+    """Runs saved before the flows started at the identity used the stable update
+    y = σ y + (1 - σ) m and have no ``stable_update`` entry: they load with that update
+    and score a draw as they did; a run saved now loads with its own."""
     model = make_model("stcn-dense", tiny_config())
     old = _iaf(model)
     for steps in old.flow:
         for step in steps:
             step.kwargs["stable"] = True  # as IAF guides were built then
-    saved = {k: v for k, v in old.state_dict().items() if k != "stable_update" and not k.endswith(".gate")}
+    saved = {k: v for k, v in old.state_dict().items() if k != "stable_update"}
     x, mask = ragged_batch((6, 4))
     trace = poutine.trace(old).get_trace(x, mask)
     loaded = make_guide("iaf", model)
@@ -330,4 +332,27 @@ def test_runs_saved_with_the_stable_update_load_with_it():
     new = make_guide("iaf", model)
     new.load_state_dict(make_guide("iaf", model).state_dict())
     assert not any(step.kwargs["stable"] for steps in new.flow for step in steps)
-    assert all(step.nn.gate == 0 for steps in new.flow for step in steps)
+
+
+def test_runs_saved_with_gated_steps_load_as_the_same_flow():
+    """A version of this project gated each step's (m, s) by a learned scalar; such a run
+    loads with the gate folded into the output layer and scores a draw as it did."""
+    model = make_model("stcn-dense", tiny_config())
+    guide = _iaf(model)
+    gates = {}
+    saved = guide.state_dict()
+    for l, steps in enumerate(guide.flow):
+        for k, step in enumerate(steps):
+            gates[l, k] = torch.tensor(0.5 + 0.1 * (l + k))
+            last = f"flow.{l}.{k}.nn.layers.{len(step.nn.layers) - 1}"
+            saved[f"flow.{l}.{k}.nn.gate"] = gates[l, k]  # the gated run held g and the unscaled layer
+            saved[f"{last}.weight"] = saved[f"{last}.weight"] / gates[l, k]
+            saved[f"{last}.bias"] = saved[f"{last}.bias"] / gates[l, k]
+    x, mask = ragged_batch((6, 4))
+    trace = poutine.trace(guide).get_trace(x, mask)
+    loaded = make_guide("iaf", model)
+    loaded.load_state_dict(saved)
+    replayed = poutine.trace(poutine.replay(loaded, trace=trace)).get_trace(x, mask)
+    for name in ("z_1", "z_2", "z_3"):
+        expected = trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"])
+        assert torch.allclose(replayed.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]), expected, atol=1e-5)
