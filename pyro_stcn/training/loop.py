@@ -60,6 +60,7 @@ from pyro_stcn.training.callbacks import Callback
 from pyro_stcn.training.checkpoint import load_checkpoint, save_checkpoint
 from pyro_stcn.training.config import TrainConfig, TrainResult, TrainState
 from pyro_stcn.training.guard import EXPLODED_NATS_PER_STEP, Diverged, Guard
+from pyro_stcn.training.optimizer import adam, param_groups
 from pyro_stcn.training.signals import Signals
 
 
@@ -211,9 +212,11 @@ class Trainer:
             self.dir.mkdir(parents=True, exist_ok=True)
         self.params = list({id(p): p for m in self.modules.values() for p in m.parameters()}.values())
         self.loss = distributed.wrap(LossModule(self.model, self.guide, self.modules, self.objective), self.device)
-        self.optimizer = torch.optim.Adam(self.params, lr=self.config.lr)
-        decay, every = self.config.lr_decay, self.config.lr_decay_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: decay ** (step / every))
+        self.build_optimizer(param_groups(self.modules.values(), self.config.lr))
+
+    def build_optimizer(self, groups: list[dict]) -> None:
+        c = self.config
+        self.optimizer, self.scheduler = adam(groups, c.lr, c.lr_decay, c.lr_decay_steps)
 
     @property
     def main(self) -> bool:
@@ -236,6 +239,9 @@ class Trainer:
             return TrainState()
         ckpt = load_checkpoint(last)  # on the CPU: RNG states must stay there
         self._load_modules(ckpt)
+        if len(ckpt["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+            # saved before its module asked for a rate of its own (an IAF guide): resume as it trained
+            self.build_optimizer([{"params": self.params, "lr": self.config.lr}])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"])
