@@ -310,6 +310,19 @@ def test_flows_start_as_the_identity(model_name):
         torch.testing.assert_close(flow_site["fn"].log_prob(value), gaussian_site["fn"].log_prob(value))
 
 
+def _assert_loads_as(guide, saved: dict, model) -> None:
+    """A new IAF guide loaded from ``saved`` scores ``guide``'s draws as ``guide`` does."""
+    x, mask = ragged_batch((6, 4))
+    trace = poutine.trace(guide).get_trace(x, mask)
+    loaded = make_guide("iaf", model)
+    loaded.load_state_dict(saved)
+    replayed = poutine.trace(poutine.replay(loaded, trace=trace)).get_trace(x, mask)
+    for name in ("z_1", "z_2", "z_3"):
+        value = trace.nodes[name]["value"].detach().clone()
+        expected = trace.nodes[name]["fn"].log_prob(value)
+        torch.testing.assert_close(replayed.nodes[name]["fn"].log_prob(value), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_runs_saved_with_the_stable_update_load_with_it():
     """Runs saved before the flows started at the identity used the stable update
     y = σ y + (1 - σ) m and have no ``stable_update`` entry: they load with that update
@@ -319,16 +332,7 @@ def test_runs_saved_with_the_stable_update_load_with_it():
     for steps in old.flow:
         for step in steps:
             step.kwargs["stable"] = True  # as IAF guides were built then
-    saved = {k: v for k, v in old.state_dict().items() if k != "stable_update"}
-    x, mask = ragged_batch((6, 4))
-    trace = poutine.trace(old).get_trace(x, mask)
-    loaded = make_guide("iaf", model)
-    loaded.load_state_dict(saved)
-    replayed = poutine.trace(poutine.replay(loaded, trace=trace)).get_trace(x, mask)
-    for name in ("z_1", "z_2", "z_3"):
-        value = trace.nodes[name]["value"].detach().clone()
-        expected = trace.nodes[name]["fn"].log_prob(value)
-        torch.testing.assert_close(replayed.nodes[name]["fn"].log_prob(value), expected, rtol=1e-5, atol=1e-5)
+    _assert_loads_as(old, {k: v for k, v in old.state_dict().items() if k != "stable_update"}, model)
     new = make_guide("iaf", model)
     new.load_state_dict(make_guide("iaf", model).state_dict())
     assert not any(step.kwargs["stable"] for steps in new.flow for step in steps)
@@ -339,20 +343,12 @@ def test_runs_saved_with_gated_steps_load_as_the_same_flow():
     loads with the gate folded into the output layer and scores a draw as it did."""
     model = make_model("stcn-dense", tiny_config())
     guide = _iaf(model)
-    gates = {}
     saved = guide.state_dict()
     for l, steps in enumerate(guide.flow):
         for k, step in enumerate(steps):
-            gates[l, k] = torch.tensor(0.5 + 0.1 * (l + k))
+            gate = torch.tensor(0.5 + 0.1 * (l + k))
             last = f"flow.{l}.{k}.nn.layers.{len(step.nn.layers) - 1}"
-            saved[f"flow.{l}.{k}.nn.gate"] = gates[l, k]  # the gated run held g and the unscaled layer
-            saved[f"{last}.weight"] = saved[f"{last}.weight"] / gates[l, k]
-            saved[f"{last}.bias"] = saved[f"{last}.bias"] / gates[l, k]
-    x, mask = ragged_batch((6, 4))
-    trace = poutine.trace(guide).get_trace(x, mask)
-    loaded = make_guide("iaf", model)
-    loaded.load_state_dict(saved)
-    replayed = poutine.trace(poutine.replay(loaded, trace=trace)).get_trace(x, mask)
-    for name in ("z_1", "z_2", "z_3"):
-        expected = trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"])
-        assert torch.allclose(replayed.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]), expected, atol=1e-5)
+            saved[f"flow.{l}.{k}.nn.gate"] = gate  # the gated run held g and the unscaled layer
+            saved[f"{last}.weight"] = saved[f"{last}.weight"] / gate
+            saved[f"{last}.bias"] = saved[f"{last}.bias"] / gate
+    _assert_loads_as(guide, saved, model)
