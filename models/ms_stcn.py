@@ -44,7 +44,7 @@ from pyro_stcn.inference.handoff import FeatureHandoff
 from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
 from pyro_stcn.nets.checks import check_batch
-from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
+from pyro_stcn.nets.generation import Draw, draw_from, sample, sampler, start_sequences
 from pyro_stcn.nets.masks import coarse_masks, pad_to_multiple, zero_padding
 from pyro_stcn.nets.normalise import standardisation
 from pyro_stcn.nets.observation import Observation, rename_old_observation_keys
@@ -282,10 +282,11 @@ class MSSTCN(nn.Module):
                 k = t // periods[l]
                 g = None if g_block[l + 1] is None else g_block[l + 1][:, :, k % strides[l + 1], None]
                 h = self.h_of(l, g, last_d[l][:, :, None])  # Delay(d^l)_k = d^l_{k-1}
-                z = draw(f"z_{l + 1}", self.prior(l, h.transpose(1, 2))) if self.config.latent else None
+                z = draw_from(draw, f"z_{l + 1}", self.prior, l, h.transpose(1, 2)) if self.config.latent else None
                 g_block[l] = self.g_of(l, h, z)  # [num, C, s_l]: g^{l-1} over steps k s_l .. (k+1) s_l - 1
             if t >= given:
-                x[:, t] = draw("x", self.observation(g_block[0][:, :, t % strides[0], None]))[:, 0]
+                g0 = g_block[0][:, :, t % strides[0], None].transpose(1, 2)  # [num, 1, C]
+                x[:, t] = draw_from(draw, "x", self.observe, g0)[:, 0]
             if cached:
                 last_d = bottom_up(self.units.normalise(x[:, t]))
         return x[:, :steps]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_stcn.choices import choose
+from pyro_stcn.nets import sampling
 from pyro_stcn.nets.heads import GaussianHead, bounded_softplus, mlp
 
 
@@ -46,6 +47,11 @@ class Prior(nn.Module):
     def forward(self, layer: int, context: Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
 
+    def sample(self, layer: int, context: Tensor) -> Tensor:
+        """A draw of z^l from ``self(layer, context)``. Generation calls this; a subclass
+        may override it to draw the same numbers without building the distribution."""
+        return self(layer, context).sample()
+
 
 class GaussianPrior(Prior):
     """A diagonal Gaussian prior N(μ, σ): subclasses give (μ, σ) by :meth:`gaussian`."""
@@ -56,6 +62,11 @@ class GaussianPrior(Prior):
 
     def forward(self, layer: int, context: Tensor) -> dist.TorchDistribution:
         return dist.Normal(*self.gaussian(layer, context)).to_event(1)
+
+    def sample(self, layer: int, context: Tensor) -> Tensor:
+        if type(self).forward is not GaussianPrior.forward:  # a subclass's own distribution
+            return super().sample(layer, context)
+        return sampling.normal(*self.gaussian(layer, context))
 
 
 class DynamicPrior(GaussianPrior):
@@ -124,6 +135,12 @@ class MixturePrior(Prior):
         self.check(layer, context)
         logits, loc, scale = self.heads[layer](context)
         return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+
+    def sample(self, layer: int, context: Tensor) -> Tensor:
+        if type(self).forward is not MixturePrior.forward:
+            return super().sample(layer, context)
+        self.check(layer, context)
+        return sampling.diagonal_gmm(*self.heads[layer](context))
 
 
 PRIORS = {"dynamic": DynamicPrior, "standard": StandardPrior, "mixture": MixturePrior}

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.nets.checks import check_batch
-from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
+from pyro_stcn.nets.generation import Draw, draw_from, sample, sampler, start_sequences
 from pyro_stcn.nets.masks import zero_padding
 from pyro_stcn.nets.normalise import standardisation
 from pyro_stcn.nets.observation import Observation
@@ -74,6 +74,6 @@ class RNN(nn.Module):
         for t in range(steps):
             h, state = self.lstm(previous, state)
             if t >= given:
-                x[:, t] = draw("x", self.observe(h))[:, 0]
+                x[:, t] = draw_from(draw, "x", self.observe, h)[:, 0]
             previous = self.units.normalise(x[:, t : t + 1])
         return x

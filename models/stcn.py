@@ -31,7 +31,7 @@ from pyro_stcn.inference.handoff import FeatureHandoff, PriorHandoff
 from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.models.priors import GaussianPrior, make_prior
 from pyro_stcn.nets.checks import check_batch
-from pyro_stcn.nets.generation import Draw, over_trunk, sample, sampler, start_sequences
+from pyro_stcn.nets.generation import Draw, draw_from, over_trunk, sample, sampler, start_sequences
 from pyro_stcn.nets.heads import join
 from pyro_stcn.nets.masks import zero_padding
 from pyro_stcn.nets.normalise import standardisation
@@ -89,8 +89,11 @@ class STCN(nn.Module):
     def observation(self, zs: list[Tensor]) -> dist.TorchDistribution:
         """p(x_t | ·) in data units from the latents ``zs`` (bottom first), each
         ``[batch, time, z_l]``."""
-        h = torch.cat(zs, dim=-1) if self.config.dense else zs[0]
-        return self.observe(h)
+        return self.observe(self.output_input(zs))
+
+    def output_input(self, zs: list[Tensor]) -> Tensor:
+        """What the output net reads: [z^1, ..., z^L] (STCN-dense) or z^1 (STCN)."""
+        return torch.cat(zs, dim=-1) if self.config.dense else zs[0]
 
     def prior_gaussian(self, layer: int, d_prev: Tensor, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
         """(μ, σ) of a Gaussian prior p(z^l_t | [d^l_{t-1}, z^{l+1}_t]), ``d_prev`` that
@@ -106,14 +109,14 @@ class STCN(nn.Module):
                 return dist.Normal(*given).to_event(1)
         return self.prior(layer, join(d_prev, z_above))
 
-    def top_down(self, d_prev: list[Tensor], sample: Callable[[str, dist.Distribution], Tensor]) -> list[Tensor]:
-        """z^L .. z^1 from the prior given ``d_prev`` (``[batch, time, channels]`` per
-        layer), each drawn by ``sample(name, prior)``; returns them bottom first. The
-        prior of z^l conditions on [d^l_{t-1}, z^{l+1}_t]."""
+    def top_down(self, d_prev: list[Tensor], sample: Callable[[int, Tensor, Tensor | None], Tensor]) -> list[Tensor]:
+        """z^L .. z^1 given ``d_prev`` (``[batch, time, channels]`` per layer), z^l drawn
+        by ``sample(l, d^l_{t-1}, z^{l+1}_t)`` (``None`` at the top) from the prior of
+        z^l, which conditions on those two; returns them bottom first."""
         zs: list[Tensor] = []
         z_above = None
         for layer in reversed(range(self.layers)):
-            z_above = sample(f"z_{layer + 1}", self.prior_dist(layer, d_prev[layer], z_above))
+            z_above = sample(layer, d_prev[layer], z_above)
             zs.insert(0, z_above)
         return zs
 
@@ -123,7 +126,11 @@ class STCN(nn.Module):
         feats = self.features.for_model(x, mask)
         batch, time = mask.shape
         with pyro.plate("batch", batch, dim=-2), pyro.plate("time", time, dim=-1):
-            zs = self.top_down(feats.d_prev, lambda name, prior: pyro.sample(name, prior.mask(mask)))
+
+            def sample(layer: int, d_prev: Tensor, z_above: Tensor | None) -> Tensor:
+                return pyro.sample(f"z_{layer + 1}", self.prior_dist(layer, d_prev, z_above).mask(mask))
+
+            zs = self.top_down(feats.d_prev, sample)
             pyro.sample("x", self.observation(zs).mask(mask), obs=zero_padding(x, mask))
 
     @sampler
@@ -141,7 +148,10 @@ class STCN(nn.Module):
         same random draws, so with one seed they give the same sequences."""
         x, given = start_sequences(num, steps, self.config.x_dim, prime, like=next(self.parameters()))
 
+        def prior(layer: int, d_prev: Tensor, z_above: Tensor | None) -> Tensor:
+            return draw_from(draw, f"z_{layer + 1}", self.prior, layer, join(d_prev, z_above))
+
         def emit(d_prev: list[Tensor]) -> Tensor:  # z^L_t .. z^1_t, then x_t
-            return draw("x", self.observation(self.top_down(d_prev, draw)))[:, 0]
+            return draw_from(draw, "x", self.observe, self.output_input(self.top_down(d_prev, prior)))[:, 0]
 
         return over_trunk(self.trunk, self.units, x, given, cached, emit)

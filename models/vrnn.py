@@ -40,7 +40,7 @@ from pyro_stcn.inference.handoff import FeatureHandoff
 from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.models.priors import make_prior, rename_old_prior_keys
 from pyro_stcn.nets.checks import check_batch
-from pyro_stcn.nets.generation import Draw, sample, sampler, start_sequences
+from pyro_stcn.nets.generation import Draw, draw_from, sample, sampler, start_sequences
 from pyro_stcn.nets.masks import zero_padding
 from pyro_stcn.nets.normalise import standardisation
 from pyro_stcn.nets.observation import Observation
@@ -136,7 +136,11 @@ class VRNN(nn.Module):
 
     def observation(self, z: Tensor, h_prev: Tensor) -> dist.TorchDistribution:
         """p(x_t | z_t, h_{t-1}) for ``z [batch, time, z_dim]``, ``h_prev [batch, time, hidden]``."""
-        return self.observe(torch.cat([self.phi_z(z), h_prev], dim=-1))
+        return self.observe(self.output_input(z, h_prev))
+
+    def output_input(self, z: Tensor, h_prev: Tensor) -> Tensor:
+        """What the output net reads: [φ_z(z_t), h_{t-1}]."""
+        return torch.cat([self.phi_z(z), h_prev], dim=-1)
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
@@ -163,8 +167,8 @@ class VRNN(nn.Module):
         state = (h, torch.zeros_like(h))
         for t in range(steps):
             h = state[0]
-            z = draw("z", self.prior(0, h))
+            z = draw_from(draw, "z", self.prior, 0, h)
             if t >= given:
-                x[:, t] = draw("x", self.observation(z[:, None], h[:, None]))[:, 0]
+                x[:, t] = draw_from(draw, "x", self.observe, self.output_input(z[:, None], h[:, None]))[:, 0]
             state = self.step(state, self.phi_x(self.units.normalise(x[:, t])), z)
         return x

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from pyro_stcn.inference.params import pyro_module
 from pyro_stcn.nets.checks import check_batch
-from pyro_stcn.nets.generation import Draw, over_trunk, sample, sampler, start_sequences
+from pyro_stcn.nets.generation import Draw, draw_from, over_trunk, sample, sampler, start_sequences
 from pyro_stcn.nets.masks import zero_padding
 from pyro_stcn.nets.normalise import standardisation
 from pyro_stcn.nets.observation import Observation
@@ -66,7 +66,11 @@ class WavenetModel(nn.Module):
 
     def observation(self, d_prev: list[Tensor]) -> Tensor:
         """p(x_t | d_{t-1}) from the trunk's features, each ``[batch, time, channels]``."""
-        return self.observe(torch.cat(d_prev, dim=-1) if self.config.dense else d_prev[-1])
+        return self.observe(self.output_input(d_prev))
+
+    def output_input(self, d_prev: list[Tensor]) -> Tensor:
+        """What the output net reads: [d^1, ..., d^L] (Wavenet-dense) or d^L."""
+        return torch.cat(d_prev, dim=-1) if self.config.dense else d_prev[-1]
 
     def model(self, x: Tensor, mask: Tensor) -> None:
         """The generative model of ``x [batch, time, x_dim]`` under ``mask [batch, time]``."""
@@ -84,4 +88,8 @@ class WavenetModel(nn.Module):
         """Samples ``[num, steps, x_dim]``, continuing ``prime [num, K, x_dim]`` if given;
         as :meth:`models.stcn.STCN.generate`, with x_t drawn from p(x_t | d_{t-1})."""
         x, given = start_sequences(num, steps, self.config.x_dim, prime, like=next(self.parameters()))
-        return over_trunk(self.trunk, self.units, x, given, cached, lambda d: draw("x", self.observation(d))[:, 0])
+
+        def emit(d_prev: list[Tensor]) -> Tensor:
+            return draw_from(draw, "x", self.observe, self.output_input(d_prev))[:, 0]
+
+        return over_trunk(self.trunk, self.units, x, given, cached, emit)

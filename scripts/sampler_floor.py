@@ -2,10 +2,7 @@
 step, the same matrix products alone, one product over the same weights, and one over all
 the model's weights (``bench generation``'s floor). Interleaved medians, per step.
 
-    python scripts/sampler_floor.py [--threads N] [--compile]
-
-``--compile`` also times the blocks' arithmetic compiled by ``torch.compile`` (inductor),
-the ring buffers' reads and writes left in eager mode (their slot depends on the step).
+    python scripts/sampler_floor.py [--threads N]
 """
 
 import argparse
@@ -18,27 +15,9 @@ from pyro_stcn.bench.benchmark import interleaved, stcn_dense_setup
 STEPS = 50  # generated steps per timed call
 
 
-def blocks_at_one_position(blocks, sizes):
-    """Every block's arithmetic at one position (``BlockStepper.output``), given each
-    block's past input: returns d per layer and each block's input."""
-
-    def run(x, taps):
-        d, inputs, i = [], [], 0
-        for n in sizes:
-            for _ in range(n):
-                inputs.append(x)
-                x = blocks[i].output(x, [taps[i]])
-                i += 1
-            d.append(x)
-        return d, inputs
-
-    return run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = stcn_dense_setup(torch.device("cpu")).model.eval()
@@ -66,19 +45,6 @@ def main() -> None:
             F.linear(v, every) for _ in range(STEPS)
         ],
     }
-    if args.compile:
-        compiled = torch.compile(blocks_at_one_position(blocks, [len(g) for g in stepper.groups]), fullgraph=True)
-        position = [0]
-
-        def compiled_step():
-            p = position[0]
-            d, written = compiled(x, [b.queue[(p - b.dilation) % b.pad] for b in blocks])
-            for b, value in zip(blocks, written):
-                b.queue[p % b.pad] = value
-            position[0] = p + 1
-            return d
-
-        contenders["trunk step, blocks compiled"] = lambda: [compiled_step() for _ in range(STEPS)]
     with torch.no_grad():
         times = interleaved(contenders, repeats=5)
     floor = times[list(contenders)[4]]

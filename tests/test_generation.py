@@ -9,6 +9,7 @@ from pyro import poutine
 
 from pyro_stcn.models import MSSTCNConfig, STCNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
+from pyro_stcn.models.priors import make_prior
 from pyro_stcn.nets.trunk import Wavenet
 from pyro_stcn.runs.registry import make_model
 
@@ -193,3 +194,35 @@ def test_a_nan_prime_cannot_generate_silently():
     prime[1, 2, 0] = float("nan")
     with pytest.raises(ValueError, match=r"prime holds NaN or infinite values \(sequence 1, step 2\)"):
         model.generate(2, 9, prime=prime)
+
+
+def _through_distributions(name: str, distribution) -> torch.Tensor:
+    """A custom draw that takes a fresh sample, as the default does: with it the
+    samplers build every distribution object."""
+    return distribution.sample()
+
+
+GENERATORS = {
+    "stcn-dense": lambda likelihood, x_dim: _stcn("stcn-dense", likelihood, x_dim),
+    "ms-stcn": lambda likelihood, x_dim: _ms_stcn([1, 2, 2], likelihood, x_dim),
+}
+
+
+@pytest.mark.parametrize("kind", list(GENERATORS))
+@pytest.mark.parametrize("likelihood,x_dim", [*LIKELIHOODS, ("gaussian", 2)])
+@pytest.mark.parametrize("prior", ["dynamic", "standard", "mixture"])
+def test_draws_without_distribution_objects_are_the_distributions_draws(kind, likelihood, x_dim, prior):
+    """The default draw skips building distributions (pyro_stcn.nets.sampling); with one
+    seed it gives the very numbers of each distribution's own ``sample()``, cached and
+    uncached, for every likelihood and prior."""
+    model = GENERATORS[kind](likelihood, x_dim)
+    contexts, z_dims = model.prior.contexts, model.prior.z_dims
+    torch.manual_seed(2)
+    model.prior = make_prior(prior, contexts, z_dims, hidden=5, layers=1)
+    for cached in (True, False):
+        torch.manual_seed(3)
+        fast = model.generate(2, 14, cached=cached)
+        torch.manual_seed(3)
+        built = model.generate(2, 14, cached=cached, draw=_through_distributions)
+        assert torch.equal(fast, built)
+    assert not torch.equal(fast[0], fast[1])

@@ -62,15 +62,10 @@ class MixturePriorSTCN(STCN):
         self.offsets = nn.ParameterList(nn.Parameter(torch.randn(components, z)) for z in config.z_dims)
         self.mix_logits = nn.Parameter(torch.randn(components))
 
-    def top_down(self, d_prev, sample):
-        zs, z_above = [], None
-        for layer in reversed(range(self.layers)):
-            loc, scale = self.prior.gaussian(layer, join(d_prev[layer], z_above))
-            components = dist.Normal(loc.unsqueeze(-2) + self.offsets[layer], scale.unsqueeze(-2)).to_event(1)
-            prior = dist.MixtureSameFamily(dist.Categorical(logits=self.mix_logits), components)
-            z_above = sample(f"z_{layer + 1}", prior)
-            zs.insert(0, z_above)
-        return zs
+    def prior_dist(self, layer, d_prev, z_above):
+        loc, scale = self.prior.gaussian(layer, join(d_prev, z_above))
+        components = dist.Normal(loc.unsqueeze(-2) + self.offsets[layer], scale.unsqueeze(-2)).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.mix_logits), components)
 
 
 def _flow_setup():

@@ -28,6 +28,16 @@ def sample(name: str, distribution: Distribution) -> Tensor:
     return distribution.sample()
 
 
+def draw_from(draw: Draw, name: str, source: torch.nn.Module, *inputs: Tensor | int) -> Tensor:
+    """``draw(name, source(*inputs))``, where ``source`` is a prior or an observation
+    model. With the default :func:`sample` it is ``source.sample(*inputs)`` instead: the
+    same numbers without building the distribution, which at batch 1 costs more than
+    the draw (:mod:`pyro_stcn.nets.sampling`)."""
+    if draw is sample:
+        return source.sample(*inputs)
+    return draw(name, source(*inputs))
+
+
 def sampler(generate: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Decorates a model's ``generate(self, ...)``: no gradients, and Pyro's validation
     off while it runs (whatever the caller set, a custom ``draw`` included). The
@@ -42,7 +52,8 @@ def sampler(generate: Callable[..., Tensor]) -> Callable[..., Tensor]:
     @functools.wraps(generate)
     def without_checks(model: torch.nn.Module, *args, **kwargs) -> Tensor:
         names, weights = zip(*model.named_parameters())
-        finite = torch.stack([torch.isfinite(p).all() for p in weights]).tolist()
+        # A float64 sum is finite exactly when every float32 entry is, and reads each once.
+        finite = torch.stack([p.sum(dtype=torch.float64) for p in weights]).isfinite().tolist()
         if not all(finite):
             raise ValueError(
                 f"parameter {names[finite.index(False)]} holds NaN or infinite values, so the model cannot generate "

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from pyro_stcn.choices import choose
+from pyro_stcn.nets import sampling
 from pyro_stcn.nets.heads import bounded_softplus
 
 
@@ -55,12 +56,20 @@ class PenStroke(TorchDistribution):
 
 
 class Likelihood(nn.Module):
-    """A linear 1x1 head from features to the parameters of p(x_t | ·)."""
+    """A linear 1x1 head from features to the parameters of p(x_t | ·).
+
+    A subclass gives the parameters by :meth:`params`, the distribution by ``forward``
+    and, for generation, a draw by :meth:`sample` with the same numbers as
+    ``forward(h).sample()`` but no distribution object (:mod:`pyro_stcn.nets.sampling`)."""
 
     def __init__(self, in_dim: int, x_dim: int, num_params: int):
         super().__init__()
         self.x_dim = x_dim
         self.proj = nn.Linear(in_dim, num_params)
+
+    def sample(self, h: Tensor) -> Tensor:
+        """A draw of x_t ``[batch, time, x_dim]`` given features ``h``."""
+        return self(h).sample()
 
 
 class BernoulliLikelihood(Likelihood):
@@ -69,8 +78,14 @@ class BernoulliLikelihood(Likelihood):
     def __init__(self, in_dim: int, x_dim: int):
         super().__init__(in_dim, x_dim, x_dim)
 
+    def params(self, h: Tensor) -> tuple[Tensor]:
+        return (self.proj(h),)
+
     def forward(self, h: Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=self.proj(h)).to_event(1)
+
+    def sample(self, h: Tensor) -> Tensor:
+        return sampling.bernoulli(self.proj(h))
 
 
 class GaussianLikelihood(Likelihood):
@@ -79,9 +94,15 @@ class GaussianLikelihood(Likelihood):
     def __init__(self, in_dim: int, x_dim: int):
         super().__init__(in_dim, x_dim, 2 * x_dim)
 
-    def forward(self, h: Tensor) -> dist.TorchDistribution:
+    def params(self, h: Tensor) -> tuple[Tensor, Tensor]:
         loc, raw_scale = self.proj(h).chunk(2, dim=-1)
-        return dist.Normal(loc, bounded_softplus(raw_scale)).to_event(1)
+        return loc, bounded_softplus(raw_scale)
+
+    def forward(self, h: Tensor) -> dist.TorchDistribution:
+        return dist.Normal(*self.params(h)).to_event(1)
+
+    def sample(self, h: Tensor) -> Tensor:
+        return sampling.normal(*self.params(h))
 
 
 class GMMLikelihood(Likelihood):
@@ -91,12 +112,19 @@ class GMMLikelihood(Likelihood):
         super().__init__(in_dim, x_dim, components * (1 + 2 * x_dim))
         self.components = components
 
-    def forward(self, h: Tensor) -> dist.TorchDistribution:
+    def params(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits ``[..., K]``, locs and scales ``[..., K, x_dim]``."""
         k, d = self.components, self.x_dim
         params = self.proj(h)
         logits = params[..., :k]
         loc, raw_scale = params[..., k:].unflatten(-1, (k, 2 * d)).chunk(2, dim=-1)
-        return diagonal_gmm(logits, loc, bounded_softplus(raw_scale))
+        return logits, loc, bounded_softplus(raw_scale)
+
+    def forward(self, h: Tensor) -> dist.TorchDistribution:
+        return diagonal_gmm(*self.params(h))
+
+    def sample(self, h: Tensor) -> Tensor:
+        return sampling.diagonal_gmm(*self.params(h))
 
 
 class HandwritingLikelihood(Likelihood):
@@ -108,12 +136,21 @@ class HandwritingLikelihood(Likelihood):
         super().__init__(in_dim, x_dim, 1 + components * 5)
         self.components = components
 
-    def forward(self, h: Tensor) -> dist.TorchDistribution:
+    def params(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The mixture's logits ``[..., K]``, locs and scales ``[..., K, 2]``, and the pen's logit ``[...]``."""
         k = self.components
         params = self.proj(h)
         pen_logits, logits = params[..., 0], params[..., 1 : 1 + k]
         loc, raw_scale = params[..., 1 + k :].unflatten(-1, (k, 4)).chunk(2, dim=-1)
-        return PenStroke(diagonal_gmm(logits, loc, bounded_softplus(raw_scale)), pen_logits)
+        return logits, loc, bounded_softplus(raw_scale), pen_logits
+
+    def forward(self, h: Tensor) -> dist.TorchDistribution:
+        logits, loc, scale, pen_logits = self.params(h)
+        return PenStroke(diagonal_gmm(logits, loc, scale), pen_logits)
+
+    def sample(self, h: Tensor) -> Tensor:
+        logits, loc, scale, pen_logits = self.params(h)  # offsets first, then the pen, as PenStroke.sample
+        return torch.cat([sampling.diagonal_gmm(logits, loc, scale), sampling.bernoulli(pen_logits)[..., None]], dim=-1)
 
 
 LIKELIHOODS = {

@@ -61,6 +61,13 @@ class Standardisation:
             return x
         return (x - x.new_tensor(self.shift)) / x.new_tensor(self.scale)
 
+    def to_data(self, x: Tensor) -> Tensor:
+        """x = shift + scale · x̃, for a draw ``x [..., x_dim]`` in the model's units
+        (the numbers of :meth:`to_data_units`' transform)."""
+        if self.is_identity:
+            return x
+        return x.new_tensor(self.shift) + x.new_tensor(self.scale) * x
+
     def to_data_units(self, p: dist.TorchDistribution, like: Tensor) -> dist.TorchDistribution:
         """p̃ over x̃ mapped to a distribution over x (event dim 1), Jacobian included."""
         if self.is_identity:

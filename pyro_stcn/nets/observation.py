@@ -30,10 +30,22 @@ class Observation(nn.Module):
         self.units = units
 
     def forward(self, h: Tensor) -> dist.TorchDistribution:
-        features = h if self.output is None else self.output(h)
-        (features,) = full_precision(features)  # the likelihood in float32 (pyro_stcn.nets.precision)
+        features = self.features(h)
         with without_autocast(features.device.type):
             return self.units.to_data_units(self.likelihood(features), like=features)
+
+    def sample(self, h: Tensor) -> Tensor:
+        """A draw from ``forward(h)``, the same numbers, without building the
+        distribution (for generation): ``[batch, time, x_dim]`` in data units."""
+        features = self.features(h)
+        with without_autocast(features.device.type):
+            return self.units.to_data(self.likelihood.sample(features))
+
+    def features(self, h: Tensor) -> Tensor:
+        """What the likelihood head reads: the output layers' features, float32."""
+        features = h if self.output is None else self.output(h)
+        (features,) = full_precision(features)  # the likelihood in float32 (pyro_stcn.nets.precision)
+        return features
 
 
 def rename_old_observation_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
