@@ -112,7 +112,8 @@ class MultiscaleIndependentGuide(nn.Module):
 
     def context(self, layer: int, h: Tensor, feats: MSFeatures) -> Tensor:
         """What q(z^l) sees: [h^l, d^l] with d^l not delayed, ``[batch, T_l, 2 C_l]``."""
-        return torch.cat([h, feats.d[layer].transpose(-1, -2)], dim=-1)
+        # joined in the convolutions' layout, so the heads read it where it lies (ChannelLinear)
+        return torch.cat([h.transpose(-1, -2), feats.d[layer]], dim=1).transpose(-1, -2)
 
     def posterior(self, layer: int, h: Tensor, feats: MSFeatures) -> tuple[Tensor, Tensor]:
         """(μ_q, σ_q) of q(z^l), each ``[batch, T_l, z_l]``; ``h`` is ``[batch, T_l, C_l]``."""

@@ -44,3 +44,22 @@ def traced(model, guide, x: torch.Tensor, mask: torch.Tensor) -> tuple:
         guide_trace.compute_log_prob()
         loss = TraceMeanField_ELBO().loss(model.model, guide, x, mask)
     return guide_trace, model_trace, loss
+
+
+def loss_and_grads_at(model, guide, x: torch.Tensor, mask: torch.Tensor, latents: dict) -> tuple:
+    """-ELBO of one draw with the latents fixed to ``latents`` (site name -> value), and
+    its gradient for every parameter of model and guide (each once)."""
+    drawn = poutine.trace(guide).get_trace(x, mask)
+    for name, value in latents.items():
+        drawn.nodes[name]["value"] = value
+    guide_trace = poutine.trace(poutine.replay(guide, trace=drawn)).get_trace(x, mask)
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, mask)
+    loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
+    params = list({id(p): p for m in (model, guide) for p in m.parameters()}.values())
+    return loss, torch.autograd.grad(loss, params)
+
+
+def latents_of(guide, x: torch.Tensor, mask: torch.Tensor) -> dict:
+    """One draw of every latent site ``z_*`` of ``guide``, detached."""
+    trace = poutine.trace(guide).get_trace(x, mask)
+    return {name: site["value"].detach() for name, site in trace.nodes.items() if name.startswith("z_")}

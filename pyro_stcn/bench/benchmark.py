@@ -19,6 +19,8 @@ once, in turn), so that load from other processes falls on all of them alike.
   weights as the model has (a matrix product at batch > 1).
 """
 
+import copy
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 from pyro_stcn.bench.handwritten import ms_stcn_independent_loss, stcn_ladder_loss
 from pyro_stcn.inference.objectives import LayerwiseELBO, LinearFreeBitsELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS, STCNConfig
+from pyro_stcn.nets.compiled import compile_networks
 from pyro_stcn.nets.precision import network_autocast
 from pyro_stcn.runs.presets import PRESETS
 from pyro_stcn.runs.registry import make_guide, make_model
@@ -184,6 +187,19 @@ def step_ratio(setup: Setup, device: torch.device, repeats: int) -> dict[str, fl
     return {**t, "ratio": t["pyro"] / t["reference"]}
 
 
+def compiled_ratio(setup: Setup, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of the Pyro step with the networks as they are and with copies of
+    them compiled (:mod:`pyro_stcn.nets.compiled`; the first, compiling, steps are
+    warm-up), and compiled ÷ uncompiled."""
+    x, mask = setup.batch(setup.batch_size, setup.length, device)
+    model, guide = copy.deepcopy((setup.model, setup.guide))  # one copy: the guide keeps sharing the model's nets
+    compile_networks(model, guide, device=device)
+    twin = dataclasses.replace(setup, model=model, guide=guide)
+    steps = {"uncompiled": setup.pyro_step(x, mask), "compiled": twin.pyro_step(x, mask)}
+    t = interleaved(steps, repeats, warmup=2)
+    return {**t, "ratio": t["compiled"] / t["uncompiled"]}
+
+
 def backward_memory(step: Callable[[], object], device: torch.device) -> int:
     """Bytes of one step: the CUDA allocator's peak, or on the CPU the distinct storages
     autograd saves for backward."""
@@ -253,6 +269,15 @@ def print_steps(setups: list[Setup], device: torch.device, repeats: int, out: Ca
     for s in setups:
         r = step_ratio(s, device, repeats)
         out(f"| {s.name} | {s.batch_size} × {s.length} | {r['pyro']:.3f} | {r['reference']:.3f} | {r['ratio']:.2f} |")
+
+
+def print_compiled(setups: list[Setup], device: torch.device, repeats: int, out: Callable[[str], None] = print) -> None:
+    out("| model | B × T | uncompiled step (s) | compiled (s) | compiled ÷ uncompiled |")
+    out("|---|---|---|---|---|")
+    for s in setups:
+        r = compiled_ratio(s, device, repeats)
+        out(f"| {s.name} | {s.batch_size} × {s.length} | {r['uncompiled']:.3f} | {r['compiled']:.3f} "
+            f"| {r['ratio']:.2f} |")  # fmt: skip
 
 
 def print_scaling(setups: list[Setup], device: torch.device, repeats: int, out: Callable[[str], None] = print) -> None:

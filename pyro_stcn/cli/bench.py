@@ -38,7 +38,7 @@ def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
     quick, repeats = args.quick, args.repeats or (2 if args.quick else 5)
     suites = ["steps", "scaling", "generation"] if args.suite == "all" else [args.suite]
     benchmark.clock = benchmark.CLOCKS[args.clock]
-    flags = " --quick" * quick + " --bf16" * args.bf16 + f" --clock {args.clock}"
+    flags = " --quick" * quick + " --bf16" * args.bf16 + " --compile" * args.compile + f" --clock {args.clock}"
     print(f"pyro-stcn bench {args.suite}{flags}: medians of {repeats} interleaved repeats ({args.clock} time) on "
           f"{benchmark.machine_line(device)}", flush=True)  # fmt: skip
     setups = [benchmark.stcn_dense_setup(device, quick), benchmark.ms_stcn_setup(device, quick)]
@@ -47,6 +47,9 @@ def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
     if "steps" in suites:
         print("\nSVI step (zero_grad, loss, backward) through Pyro against the same networks by a hand-written loss")
         benchmark.print_steps(setups, device, repeats, out=lambda line: print(line, flush=True))
+        if args.compile:
+            print("\nThe same Pyro step with the networks compiled by torch.compile (pyro_stcn.nets.compiled)")
+            benchmark.print_compiled(setups, device, repeats, out=lambda line: print(line, flush=True))
     if "scaling" in suites:
         print("\nStep time and memory as T grows (Pyro step)")
         benchmark.print_scaling(setups, device, repeats, out=lambda line: print(line, flush=True))
@@ -78,6 +81,7 @@ def add_bench(sub) -> argparse.ArgumentParser:
         s.add_argument("--clock", choices=list(benchmark.CLOCKS), default="wall",
                        help="wall-clock time, or this process's CPU time (less noise on a shared CPU)")  # fmt: skip
         s.add_argument("--bf16", action="store_true", help="training steps with the networks in bfloat16 (autocast)")
+        s.add_argument("--compile", action="store_true", help="steps: also time the step with the networks compiled")
         s.add_argument("--device", default=argparse.SUPPRESS, choices=["auto", "cpu", "cuda"])
     b.set_defaults(func=cmd_bench, suite=None)
     return b

@@ -18,7 +18,9 @@ from pyro_stcn.evaluation.plots import plot_layer_kl, plot_losses, read_log
 from pyro_stcn.inference import OBJECTIVES
 from pyro_stcn.models import MS_STCN_LAYOUTS, PRIORS
 from pyro_stcn.nets import parameter_count
+from pyro_stcn.nets.compiled import compile_problem
 from pyro_stcn.nets.likelihoods import LIKELIHOODS
+from pyro_stcn.runs.config import RunConfig
 from pyro_stcn.runs.presets import PRESETS, apply_preset, as_flags
 from pyro_stcn.runs.registry import guide_names, model_names
 from pyro_stcn.training import Callback, PeriodicCheckpoint, ProgressBar, distributed
@@ -91,6 +93,14 @@ def train_and_report(args: argparse.Namespace, device: torch.device, main: bool)
         train_and_report_locked(args, device, main, run_config, model, guide, data, run_dir)
 
 
+def compiled_note(run_config: RunConfig, device: torch.device) -> str:
+    """What ``--compile`` does on this machine, for the line that starts a run."""
+    if not run_config.train.compile:
+        return ""
+    problem = compile_problem(device)
+    return ", networks compiled by torch.compile" if problem is None else f" (--compile: {problem}; uncompiled)"
+
+
 def train_and_report_locked(args: argparse.Namespace, device: torch.device, main: bool, run_config: dict,
                             model: nn.Module, guide: nn.Module, data: Splits, run_dir: Path) -> None:  # fmt: skip
     prior = f" and the {run_config.net.prior} prior" if hasattr(run_config.net, "prior") else ""
@@ -100,7 +110,7 @@ def train_and_report_locked(args: argparse.Namespace, device: torch.device, main
             f"training {run_config.model} ({parameter_count(model, guide):,} parameters) with the "
             f"{run_config.guide} guide{prior} on {run_config.data} ({len(data.train)} train sequences) by "
             f"{run_config.objective} ({run_config.kl_gradient} KL gradient) on "
-            f"{device}{processes}; run directory {run_dir}"
+            f"{device}{processes}{compiled_note(run_config, device)}; run directory {run_dir}"
         )
     result = runs.train_run(run_config, model, guide, data, run_dir, device, callbacks(args, data))
     if not main:
@@ -189,6 +199,8 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--crop", type=int, help="train on random windows of this many steps (long sequences)")
     t.add_argument("--bf16", action="store_true", help="train the networks in bfloat16 (autocast; for GPUs with "
                    "bfloat16 tensor cores); densities, the loss, validation and evaluation stay float32")  # fmt: skip
+    t.add_argument("--compile", action="store_true", help="compile the networks with torch.compile (not Pyro's "
+                   "tracing; faster on some GPUs, often slower on a CPU: docs/guides/speed.md)")  # fmt: skip
     t.add_argument("--channels", type=int_list, help="filters per layer (STCN: one width), e.g. 64 or 96,128,192")
     t.add_argument("--blocks", type=int, help="Wavenet blocks per layer (STCN: dilations 1..2^(K-1))")
     t.add_argument("--layers", type=int, help="Wavenet: feature levels L (default 4; from an STCN preset: its layers)")

@@ -1,13 +1,16 @@
 """Small 1x1-conv nets that turn features into distribution parameters.
 
 A 1x1 convolution over time is a linear map over channels applied at every step,
-so on ``[batch, time, channels]`` tensors it is an ``nn.Linear``.
+so on ``[batch, time, channels]`` tensors it is an ``nn.Linear`` (a
+:class:`~pyro_stcn.nets.pointwise.ChannelLinear`, which reads transposed views of the
+convolutions' ``[batch, channels, time]`` where they lie).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyro_stcn.nets.pointwise import ChannelLinear
 from pyro_stcn.nets.precision import full_precision
 
 SCALE_MIN = 1e-3
@@ -22,8 +25,8 @@ def bounded_softplus(raw: Tensor, low: float = SCALE_MIN, high: float = SCALE_MA
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
     """``layers`` 1x1 convs with ReLU, then a 1x1 head."""
     dims = [in_dim] + [hidden] * layers
-    body = [m for a, b in zip(dims[:-1], dims[1:], strict=True) for m in (nn.Linear(a, b), nn.ReLU())]
-    return nn.Sequential(*body, nn.Linear(dims[-1], out_dim))
+    body = [m for a, b in zip(dims[:-1], dims[1:], strict=True) for m in (ChannelLinear(a, b), nn.ReLU())]
+    return nn.Sequential(*body, ChannelLinear(dims[-1], out_dim))
 
 
 def join(d: Tensor, z_above: Tensor | None) -> Tensor:

@@ -19,6 +19,7 @@ from torch.distributions import constraints
 from pyro_stcn.choices import choose
 from pyro_stcn.nets import sampling
 from pyro_stcn.nets.heads import bounded_softplus
+from pyro_stcn.nets.pointwise import ChannelLinear
 
 
 def diagonal_gmm(logits: Tensor, loc: Tensor, scale: Tensor) -> dist.MixtureSameFamily:
@@ -65,7 +66,7 @@ class Likelihood(nn.Module):
     def __init__(self, in_dim: int, x_dim: int, num_params: int):
         super().__init__()
         self.x_dim = x_dim
-        self.proj = nn.Linear(in_dim, num_params)
+        self.proj = ChannelLinear(in_dim, num_params)
 
     def sample(self, h: Tensor) -> Tensor:
         """A draw of x_t ``[batch, time, x_dim]`` given features ``h``."""

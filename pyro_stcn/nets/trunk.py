@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_stcn.nets.masks import zero_padding
+from pyro_stcn.nets.pointwise import pointwise
 
 
 class GatedBlock(nn.Module):
@@ -60,6 +61,7 @@ class GatedBlock(nn.Module):
         else:
             self.pad = dilation * (kernel - 1)
             self.conv = nn.Conv1d(conv_in, conv_out, kernel_size=kernel, dilation=dilation)
+        self.pointwise = down == up == kernel == 1  # a 1x1 conv (pyro_stcn.nets.pointwise)
         self.out = nn.Conv1d(channels, channels, kernel_size=1)
         self.res = nn.Identity() if in_channels == channels else nn.Conv1d(in_channels, channels, 1)
 
@@ -68,13 +70,14 @@ class GatedBlock(nn.Module):
             x = F.avg_pool1d(x, self.down)
         if self.up > 1:
             x = x.repeat_interleave(self.up, dim=-1)
-        return self.res(x)
+        return x if isinstance(self.res, nn.Identity) else pointwise(self.res, x)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         inputs = x if cond is None else torch.cat([x, cond], dim=1)
         if self.pad:  # F.pad copies even when it pads nothing (1x1, strided and transposed blocks)
             inputs = F.pad(inputs, (self.pad, 0))
-        return self.skip(x) + self.out(gated(self.conv(inputs)))
+        a = pointwise(self.conv, inputs) if self.pointwise else self.conv(inputs)
+        return self.skip(x) + pointwise(self.out, gated(a))
 
     def stepper(self, batch: int) -> "BlockStepper":
         """This causal block one position at a time, for ``batch`` sequences."""

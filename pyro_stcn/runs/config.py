@@ -114,7 +114,7 @@ class RunConfig:
 
 
 TRAIN_SETTINGS = ["steps", "batch_size", "lr", "lr_decay", "seed", "valid_every", "valid_sequences", "crop", "budget",
-                  "bf16"]  # fmt: skip
+                  "bf16", "compile"]  # fmt: skip
 RUN_SETTINGS = ["data", "model", "objective", "beta_rate", "lam", "lam_half_life", "test_iw", "preset"]
 DATA_SETTINGS = {"fw": "fw", "directory": "data_dir", "binarise": "binarise", "dequantise": "dequantise",
                  "split_lists": "split_lists"}  # a loader's option -> the setting that gives it  # fmt: skip

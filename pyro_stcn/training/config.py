@@ -27,6 +27,7 @@ class TrainConfig:
     crop: int | None = None  # train on random windows of this many steps (evaluation sees whole sequences)
     budget: float | None = None  # stop after this many seconds of training, validations included
     bf16: bool = False  # the training step's networks in bfloat16 (nets.precision); evaluation in float32
+    compile: bool = False  # the networks compiled by torch.compile (nets.compiled)
 
     def check(self) -> None:
         """Refuse values that cannot mean anything, naming the setting

@@ -12,7 +12,8 @@ A step reads the device once: the loss, the gradient norm and the KL of each lay
 come back to the host together, for the log and the divergence guard (Pyro's
 validation, whose checks read the device, is on for the first step of each process
 only). ``config.bf16`` computes the step's loss with the networks in bfloat16
-(:mod:`pyro_stcn.nets.precision`).
+(:mod:`pyro_stcn.nets.precision`); ``config.compile`` compiles them
+(:mod:`pyro_stcn.nets.compiled`).
 
 With a ``budget`` of seconds, training also stops when that much wall-clock time has
 passed (validations included, the time before a resumption too), after a last
@@ -54,6 +55,7 @@ from tqdm.auto import tqdm
 from pyro_stcn.data.batching import Splits, shuffled_batches
 from pyro_stcn.evaluation.bounds import evaluate_elbo
 from pyro_stcn.inference.objectives import LayerwiseELBO
+from pyro_stcn.nets.compiled import compile_networks
 from pyro_stcn.nets.precision import network_autocast
 from pyro_stcn.training import distributed
 from pyro_stcn.training.callbacks import Callback
@@ -94,6 +96,8 @@ def train(
     distributed.check_global_batch(config.batch_size)
     _check_finite(data)
     _check_device(config, torch.device(device))
+    if config.compile:
+        compile_networks(*modules.values(), device=device)
     trainer = Trainer(model, guide, modules, objective, config, Path(run_dir), schedules or {}, torch.device(device),
                       run_config or {})  # fmt: skip
     pyro.set_rng_seed(config.seed)
