@@ -2,6 +2,7 @@
 Pyro objectives compute, so the printed ratios compare like with like."""
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -65,3 +66,130 @@ def test_bench_all_quick_prints_every_ratio(capsys):
     assert [int(r[2]) for r in scaling] == [16, 32, 64] and float(scaling[0][4]) == 1.0
     generation = [line.split("|") for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
     assert len(generation) == 2 and all(float(r[2]) > 0 and float(r[5]) > 0 for r in generation)
+
+
+# -- bench authors, against a stand-in for the authors' checkout ----------------------------
+
+# The files of carl-andersson/MS-STCN that the bench imports, with the names and signatures it
+# calls, around a one-layer network: the authors' code is not needed to test the command.
+# Model imports inside __init__, as theirs does, so building must happen while "model" is theirs.
+STAND_IN = {
+    "default_options.py": """
+default_model_options_iamondb = {
+    "vae_options": {
+        "default_ar_layer": {"latent_size": 2, "size_multiplier": 2, "stride": 1,
+                             "inf_pre_options": {"dilation": (1,)}},
+        "ar_layers_options": [{}, {"stride": 2, "inf_pre_options": {"dilation": (1, 2)}}],
+    },
+    "pred_options": {"type": "combination", "sub_dists": [{"type": "bernoulli", "output_size": 1},
+                                                           {"type": "normal", "output_size": 2}]},
+}
+default_options = {
+    "iamondb_options": {"seq_len_train": 1024},
+    "seed": 1234, "optimizer": "Adam", "Adam_options": {"eps": 1e-8}, "ll_normalization": "", "ind_latentstate": False,
+    "model_options": {"vae_options": None, "pred_options": None},  # Blizzard's, in theirs
+    "train_options": {
+        "init_lr": 5e-4, "batch_size": 128, "grad_clip": 10000, "grad_clip_norm": 10000, "iw_samples": 1,
+        "annealing_options": {"init_annealing": 1.0, "scheduler": {"type": "linear", "rate": 1e-4}},
+        "freebits_options": {"init_threshold": 0.5, "grouping": "", "threshold_behaviour": "linear",
+                             "scheduler": {"type": "exponential", "decay_rate": 0.5, "decay_steps": 300000}},
+    },
+}
+""",
+    "model/__init__.py": "",
+    "model/Model.py": """
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self, n_channels, statistics, vae_options, pred_options):
+        super().__init__()
+        from model.base import calc_ll_estimate  # noqa: F401  (theirs imports inside functions too)
+        self.shift = torch.tensor(statistics.mean, dtype=torch.float32)
+        self.net = nn.Conv1d(n_channels, 2 * n_channels, 1)
+
+    def forward(self, x, lengths=None, iw_samples=1):
+        loc, scale = self.net(x - self.shift).chunk(2, dim=1)
+        return torch.distributions.Normal(loc, nn.functional.softplus(scale)), []
+""",
+    "model/base.py": """
+def calc_ll_estimate(x, pred, ls_arr, lengths, iw_samples, beta_annealing, freebits, freebits_options,
+                     ll_normalization, ind_latentstate):
+    return -pred.log_prob(x).sum((1, 2)).mean(0)
+""",
+    "model/ModelState.py": """
+import torch
+
+
+class ModelState:
+    def __init__(self, seed, optimizer, optimizer_options, init_lr, model, init_annealing, init_freebits):
+        torch.manual_seed(seed)
+        self.model = model
+        self.optimizer = getattr(torch.optim, optimizer)(model.parameters(), lr=init_lr, **optimizer_options)
+        self.annealing, self.freebits = init_annealing, init_freebits
+""",
+}
+
+
+def stand_in(directory, **replace: str):
+    for name, text in {**STAND_IN, **replace}.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    return directory
+
+
+def test_bench_authors_without_a_checkout_says_how_to_run_it(capsys):
+    run.main(["bench", "authors", "--device", "cpu"])  # returns: exit status 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "skipped" in lines[0]
+    assert "git clone https://github.com/carl-andersson/MS-STCN" in lines[0] and "--authors" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"model/Model.py": None}, "not a checkout of https://github.com/carl-andersson/MS-STCN: missing model/Model"),
+        ({"model/base.py": "import tables\n"}, "importing their modules failed: ModuleNotFoundError: No module named"),
+        ({"model/ModelState.py": "class ModelState:\n    pass\n"}, "building their IAM-OnDB model failed: TypeError"),
+    ],
+    ids=["a file missing", "an import failing", "a signature changed"],
+)
+def test_bench_authors_refuses_what_is_not_their_checkout_in_one_line(tmp_path, capsys, files, expected):
+    stand_in(tmp_path, **{name: text for name, text in files.items() if text is not None})
+    for name in (name for name, text in files.items() if text is None):
+        (tmp_path / name).unlink()
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["bench", "authors", "--authors", str(tmp_path), "--quick", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines() == [captured.err.strip()]  # one line, no traceback
+    assert captured.err.startswith(f"error: --authors {tmp_path}: {expected}"), captured.err
+
+
+def test_bench_authors_times_a_stand_in_beside_ours_and_leaves_the_imports_as_they_were(tmp_path, capsys, monkeypatch):
+    checkout = stand_in(tmp_path / "MS-STCN")
+    ours = type(sys)("model")  # a module of their package's name, which must survive the bench
+    monkeypatch.setitem(sys.modules, "model", ours)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as Python runs by default: imports write bytecode
+    path = list(sys.path)
+    run.main(["bench", "authors", "--authors", str(checkout), "--quick", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"pyro-stcn bench authors --authors {checkout} --quick --clock wall: medians of 1 ")
+    assert "threads; torch" in out.splitlines()[0]
+    rows = {r[2].strip(): [c.strip() for c in r] for r in map(lambda line: line.split("|"), out.splitlines())
+            if len(r) == 7 and r[1].strip() in ("authors'", "ours")}  # fmt: skip
+    assert list(rows) == ["their IAM-OnDB options", "paper 2's IAM-OnDB layout", "paper 2's layout at their sizes"]
+    assert rows["their IAM-OnDB options"][3] == "24"  # the stand-in's Conv1d(3, 6, 1)
+    assert int(rows["paper 2's IAM-OnDB layout"][3].replace(",", "")) > 100_000
+    theirs = float(rows["their IAM-OnDB options"][4])
+    for name in ("paper 2's IAM-OnDB layout", "paper 2's layout at their sizes"):
+        seconds, ratio = float(rows[name][4]), float(rows[name][5])
+        # ours ÷ theirs, from unrounded seconds: within the printed ones' rounding (±0.0005 s)
+        assert (seconds - 5e-4) / (theirs + 5e-4) <= ratio <= (seconds + 5e-4) / max(theirs - 5e-4, 1e-9)
+        assert ratio > 2  # a 24-parameter stand-in is much faster than our networks
+    assert "| widths * | 4, 4 | 64, 64, 64, 64, 64 |" in out
+    assert "| Gaussian components of p(dx, dy) * | 1 | 10 |" in out
+    assert sys.modules["model"] is ours and not [name for name in sys.modules if name.startswith("model.")]
+    assert "default_options" not in sys.modules and sys.path == path
+    assert not list(checkout.rglob("__pycache__")) and sys.dont_write_bytecode is False

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from pyro_stcn.bench.handwritten import ms_stcn_independent_loss, stcn_ladder_loss
 from pyro_stcn.inference.objectives import LayerwiseELBO, LinearFreeBitsELBO
-from pyro_stcn.models import MS_STCN_LAYOUTS, STCNConfig
+from pyro_stcn.models import MS_STCN_LAYOUTS, MSSTCNConfig, STCNConfig
 from pyro_stcn.nets.compiled import compile_networks
 from pyro_stcn.nets.precision import network_autocast
 from pyro_stcn.runs.presets import PRESETS
@@ -164,10 +164,11 @@ def stcn_dense_setup(device: torch.device, quick: bool = False) -> Setup:
     return Setup("STCN-dense", model, guide, LayerwiseELBO(), stcn_ladder_loss, *((2, 32) if quick else (20, 256)))
 
 
-def ms_stcn_setup(device: torch.device, quick: bool = False) -> Setup:
-    """MS-STCN in paper 2's IAM-OnDB layout (handwriting likelihood), independent guide,
-    linear free bits (λ = 0.5), B = 16, T = 1024; ``quick``: 8 channels, B = 2, T = 64."""
-    config = MS_STCN_LAYOUTS["iamondb"]
+def ms_stcn_setup(device: torch.device, quick: bool = False, config: MSSTCNConfig | None = None) -> Setup:
+    """MS-STCN in paper 2's IAM-OnDB layout (handwriting likelihood) or ``config``,
+    independent guide, linear free bits (λ = 0.5), B = 16, T = 1024; ``quick``: 8
+    channels, B = 2, T = 64."""
+    config = config or MS_STCN_LAYOUTS["iamondb"]
     if quick:
         config = type(config)(**{**vars(config), "channels": [8] * 5})
     torch.manual_seed(0)

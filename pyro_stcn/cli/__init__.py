@@ -9,6 +9,7 @@
     pyro-stcn ppc --run runs/NAME         # posterior predictive checks
     pyro-stcn bench                       # cached vs uncached generation time
     pyro-stcn bench all [--quick]         # step ratios to hand-written PyTorch, scaling in T, generation
+    pyro-stcn bench authors --authors DIR # the authors' MS-STCN training step (their checkout) beside ours
     pyro-stcn compare --budget 3          # baselines and STCNs, 3 minutes each, one table
 
 ``python run.py`` is the same command. ``pyro-stcn COMMAND --help`` lists every option.

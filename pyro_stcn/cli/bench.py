@@ -1,10 +1,12 @@
 """``pyro-stcn bench``: the benchmarks (:mod:`pyro_stcn.bench.benchmark`)."""
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 
-from pyro_stcn.bench import benchmark
+from pyro_stcn.bench import authors, benchmark
 from pyro_stcn.bench.benchmark import time_generation
 from pyro_stcn.cli.options import pick_device, positive_ints
 from pyro_stcn.nets import parameter_count
@@ -33,14 +35,20 @@ def cmd_bench(args: argparse.Namespace) -> None:
         )
 
 
+def _header(args: argparse.Namespace, flags: str, repeats: int, device: torch.device) -> None:
+    """The command line and the machine, first line of every suite's output."""
+    print(f"pyro-stcn bench {args.suite}{flags} --clock {args.clock}: medians of {repeats} interleaved repeats "
+          f"({args.clock} time) on {benchmark.machine_line(device)}", flush=True)  # fmt: skip
+
+
 def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
     """The ``pyro_stcn.bench.benchmark`` tables: every figure a median of interleaved repeats."""
+    if args.suite == "authors":
+        return bench_authors(args, device)
     quick, repeats = args.quick, args.repeats or (2 if args.quick else 5)
     suites = ["steps", "scaling", "generation"] if args.suite == "all" else [args.suite]
     benchmark.clock = benchmark.CLOCKS[args.clock]
-    flags = " --quick" * quick + " --bf16" * args.bf16 + " --compile" * args.compile + f" --clock {args.clock}"
-    print(f"pyro-stcn bench {args.suite}{flags}: medians of {repeats} interleaved repeats ({args.clock} time) on "
-          f"{benchmark.machine_line(device)}", flush=True)  # fmt: skip
+    _header(args, " --quick" * quick + " --bf16" * args.bf16 + " --compile" * args.compile, repeats, device)
     setups = [benchmark.stcn_dense_setup(device, quick), benchmark.ms_stcn_setup(device, quick)]
     for setup in setups:
         setup.bf16 = args.bf16
@@ -62,11 +70,34 @@ def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
                                    repeats, out=lambda line: print(line, flush=True))  # fmt: skip
 
 
+def bench_authors(args: argparse.Namespace, device: torch.device) -> None:
+    """The authors' MS-STCN training step beside ours (:mod:`pyro_stcn.bench.authors`);
+    without ``--authors``, one line saying how to run it."""
+    if args.authors is None:
+        print(authors.SKIPPED)
+        return
+    repeats = args.repeats or (1 if args.quick else 5)
+    benchmark.clock = benchmark.CLOCKS[args.clock]
+    with tempfile.TemporaryDirectory() as run_dir:
+        contest = authors.prepare(args.authors, device, args.quick, Path(run_dir))  # refuses a wrong directory first
+        _header(args, f" --authors {args.authors}" + " --quick" * args.quick, repeats, device)
+        seconds = authors.run(contest, repeats)
+    authors.print_contest(contest, seconds, out=lambda line: print(line, flush=True))
+
+
+def _common_flags(s: argparse.ArgumentParser, repeats: str) -> None:
+    s.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the command")
+    s.add_argument("--repeats", type=int, help=f"interleaved repeats per figure ({repeats})")
+    s.add_argument("--clock", choices=list(benchmark.CLOCKS), default="wall",
+                   help="wall-clock time, or this process's CPU time (less noise on a shared CPU)")  # fmt: skip
+    s.add_argument("--device", default=argparse.SUPPRESS, choices=["auto", "cpu", "cuda"])
+
+
 def add_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks: plain, cached vs uncached generation; `bench all` for every suite")
     b.add_argument("--steps", type=positive_ints, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
     b.add_argument("--num", type=lambda text: positive_ints(text)[0], default=1, help="sequences generated at once")
-    suites = b.add_subparsers(dest="suite", metavar="{steps,scaling,generation,all}")
+    suites = b.add_subparsers(dest="suite", metavar="{steps,scaling,generation,all,authors}")
     helps = {
         "steps": "SVI step of STCN-dense and MS-STCN: Pyro against a hand-written PyTorch loss, as a ratio",
         "scaling": "step time and memory at T, 2T, 4T",
@@ -75,13 +106,13 @@ def add_bench(sub) -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         s = suites.add_parser(name, help=text)
-        s.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the command")
-        s.add_argument("--repeats", type=int, help="interleaved repeats per figure (default 5; --quick 2)")
+        _common_flags(s, "default 5; --quick 2")
         s.add_argument("--gen-steps", type=int, default=320, help="generated steps per timing (default 320)")
-        s.add_argument("--clock", choices=list(benchmark.CLOCKS), default="wall",
-                       help="wall-clock time, or this process's CPU time (less noise on a shared CPU)")  # fmt: skip
         s.add_argument("--bf16", action="store_true", help="training steps with the networks in bfloat16 (autocast)")
         s.add_argument("--compile", action="store_true", help="steps: also time the step with the networks compiled")
-        s.add_argument("--device", default=argparse.SUPPRESS, choices=["auto", "cpu", "cuda"])
+    a = suites.add_parser("authors", help="the authors' MS-STCN training step (their code, --authors) beside ours")
+    a.add_argument("--authors", type=Path, metavar="DIR",
+                   help=f"a checkout of {authors.REPOSITORY}; without it the suite is skipped")  # fmt: skip
+    _common_flags(a, "default 5; --quick 1")
     b.set_defaults(func=cmd_bench, suite=None)
     return b
