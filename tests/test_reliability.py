@@ -11,6 +11,8 @@ import csv
 import errno
 import os
 import pickle
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -33,13 +35,47 @@ TOY = ["--steps", "6", "--valid-every", "3", "--channels", "8", "--hidden", "8",
        "--valid-sequences", "20", "--batch-size", "16", "--no-progress", "--device", "cpu"]  # fmt: skip
 
 
-def train_process(args: list[str], faults: str = "") -> subprocess.CompletedProcess:
+def train_process(args: list[str], faults: str = "", terminal: bool = False) -> subprocess.CompletedProcess:
     """``run.py train ARGS`` in a fresh process (one thread, so that runs match bit for
-    bit), with ``faults`` (tests/faults.py)."""
+    bit), with ``faults`` (tests/faults.py); with ``terminal``, in a terminal of its own
+    that hangs up (:func:`in_a_terminal_that_hangs_up`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = ["run.py"] if not faults else ["tests/faults.py", faults]
-    return subprocess.run([sys.executable, *command, "train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    command = [sys.executable, *(["run.py"] if not faults else ["tests/faults.py", faults]), "train", *args]
+    if terminal:
+        return in_a_terminal_that_hangs_up(command, env)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def in_a_terminal_that_hangs_up(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``command`` as a session's leader with a pseudo-terminal for its terminal (as a
+    job in a login shell), which is closed once the command prints ``waiting for a
+    hang-up`` (the ``hangup`` fault): the kernel sends the command SIGHUP, and its writes
+    to the terminal fail from then on, as over a dropped connection. Its output up to
+    then is the result's stdout."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: nothing of pytest's may run here
+        try:
+            os.chdir(ROOT)
+            os.execve(command[0], command, env)
+        finally:
+            os._exit(127)
+    output, deadline = b"", time.monotonic() + 300
+    while b"waiting for a hang-up\r\n" not in output and time.monotonic() < deadline:  # the terminal's line end
+        if select.select([fd], [], [], 1)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the command has ended
+                chunk = b""
+            if not chunk:
+                break
+            output += chunk
+    os.close(fd)  # the hang-up
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if ended[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        ended = os.waitpid(pid, 0)
+    return subprocess.CompletedProcess(command, os.waitstatus_to_exitcode(ended[1]), output.decode(errors="replace"))
 
 
 def log_rows(run_dir: Path) -> list[dict]:
@@ -83,14 +119,26 @@ def one_line(stderr: str) -> str:
 # -- preemption ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sigterm", pytest.param("sigint", marks=pytest.mark.slow)])
+# SIGTERM and SIGUSR1 by default; the rest work the same way (a hang-up's SIGHUP is tested below, from a terminal)
+SIGNALS = ["sigterm", "sigusr1", *(pytest.param(n, marks=pytest.mark.slow) for n in ("sigint", "sighup", "sigusr2"))]
+
+
+@pytest.mark.parametrize("name", SIGNALS)
 def test_a_signal_finishes_the_step_saves_last_pt_and_the_run_resumes_exactly(name, straight, tmp_path):
+    """Each stop signal, sent as step 4 runs: exit 128 + the signal, the --resume command
+    in one line, and the resumed run is the uninterrupted one bit for bit."""
     out = tmp_path / "run"
     done = train_process([*TOY, "--out", str(out)], faults=f"{name}@4")
     signum = getattr(signal, name.upper())
     assert done.returncode == 128 + signum, done.stderr
     line = one_line(done.stderr)
+    assert line.startswith(f"stopped by {name.upper()}")
     assert f"after step 4; saved {out / 'last.pt'}: continue with  pyro-stcn train --resume {out}" in line
+    assert_resumes_from_step_4(out, straight)
+
+
+def assert_resumes_from_step_4(out: Path, straight: Path) -> None:
+    """``out`` was stopped after step 4 and saved it; resumed, it becomes ``straight``."""
     assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 4  # the step that was running, finished
     assert [int(r["step"]) for r in log_rows(out)] == [1, 2, 3, 4]
     assert not (out / ".lock").exists()
@@ -98,6 +146,16 @@ def test_a_signal_finishes_the_step_saves_last_pt_and_the_run_resumes_exactly(na
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {out} from step 4" in resumed.stdout
     assert_same_run(straight, out)
+
+
+def test_a_terminal_that_hangs_up_stops_the_run_after_its_step_and_it_resumes_exactly(straight, tmp_path):
+    """The terminal of ``train`` closes during step 4 (a dropped ssh session): SIGHUP, and
+    nothing more can be printed; the run still saves step 4 and exits with 129."""
+    out = tmp_path / "run"
+    done = train_process([*TOY, "--out", str(out)], faults="hangup@4", terminal=True)
+    assert "waiting for a hang-up" in done.stdout, done.stdout
+    assert done.returncode == 128 + signal.SIGHUP, done.stdout
+    assert_resumes_from_step_4(out, straight)
 
 
 @pytest.mark.parametrize("step", [3, pytest.param(1, marks=pytest.mark.slow)])
