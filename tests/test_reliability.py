@@ -9,10 +9,13 @@ or the kill at an exact step, so the tests are deterministic. Nets are tiny, run
 
 import csv
 import errno
+import json
+import math
 import os
 import pickle
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +27,7 @@ import pytest
 import torch
 
 import run
+from pyro_stcn.evaluation.plots import read_log
 from pyro_stcn.training import checkpoint
 from pyro_stcn.training.callbacks import truncate_log
 from pyro_stcn.training.checkpoint import load_checkpoint
@@ -179,13 +183,26 @@ def test_kill_9_while_last_pt_is_written_loses_nothing(step, straight, tmp_path)
     assert_same_run(straight, out)
 
 
+HEADER = "step,loss,kl,lr,valid_loss,seconds,skipped,kl_z_1"  # this version's log, one latent layer
+
+
 def test_a_torn_log_row_is_dropped_on_resumption(tmp_path):
     log = tmp_path / "log.csv"
-    log.write_text("step,loss\r\n1,2.5\r\n2,2.4\r\n3,2.")  # a crash in the middle of row 3
+    log.write_text(f"{HEADER}\r\n1,2.5,1,0.1,,,0,1\r\n2,2.4,1,0.1,2.6,3.5,0,1\r\n3,2.")  # a crash in row 3
     truncate_log(log, 2)
-    assert log.read_bytes() == b"step,loss\r\n1,2.5\r\n2,2.4\r\n"
+    assert log.read_bytes() == f"{HEADER}\r\n1,2.5,1,0.1,,,0,1\r\n2,2.4,1,0.1,2.6,3.5,0,1\r\n".encode()
     truncate_log(log, 0)  # no checkpoint: no row survives
     assert log.read_text() == ""
+
+
+def test_a_log_of_the_version_before_skipped_steps_is_migrated(tmp_path):
+    """The header before issue 15 lacked ``skipped`` (git log -p of the CSV log): its rows
+    get the column, empty, and keep every value they had."""
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,kl,lr,valid_loss,seconds,kl_z_1\r\n1,2.5,1,0.1,,,1\r\n2,2.4,1,0.1,2.6,3.5,1\r\n")
+    truncate_log(log, 2)
+    assert log.read_bytes() == f"{HEADER}\r\n1,2.5,1,0.1,,,,1\r\n2,2.4,1,0.1,2.6,3.5,,1\r\n".encode()
+    assert all(math.isnan(value) for value in read_log(log)["skipped"])  # what the plots read: no value
 
 
 def test_a_full_disk_is_one_line_leaves_no_tmp_and_the_resume_says_there_was_no_checkpoint(tmp_path, monkeypatch,
@@ -331,6 +348,105 @@ def test_the_lock_is_exclusive_within_a_process_too(tmp_path):
             RunLock(tmp_path).acquire()
     with RunLock(tmp_path):  # released: free again
         pass
+
+
+# -- the run's files, checked before they are trusted ----------------------------------
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def contents(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory, by name (a lock left behind included)."""
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+def refused(argv: list[str], capsys) -> tuple[str, str]:
+    """The one error line of a command refused with exit code 2, and what it printed before."""
+    with pytest.raises(SystemExit) as e:
+        run.main(argv)
+    captured = capsys.readouterr()
+    assert e.value.code == 2, captured
+    return one_line(captured.err), captured.out
+
+
+RESUME = ["train", "--resume"]
+
+
+def test_a_log_with_a_foreign_header_is_refused_before_anything_is_trained_or_written(straight, tmp_path, capsys):
+    out = copy_of(straight, tmp_path)
+    (out / "log.csv").write_text("x,y,z\n1,2,3\n")
+    before = contents(out)
+    line, printed = refused([*RESUME, str(out), "--steps", "8", "--no-progress", "--device", "cpu"], capsys)
+    assert "resuming" not in printed  # refused before the weights were even loaded
+    assert line.startswith(f"error: {out / 'log.csv'} has the header 'x,y,z'; expected a pyro-stcn log, whose "
+                           "header is step,loss,kl,lr,valid_loss,seconds,skipped then kl_NAME for each latent layer")
+    assert contents(out) == before  # the log, both checkpoints, config.json (its new --steps not written)
+
+
+def test_a_log_of_other_latent_layers_gets_no_row_and_the_checkpoint_stays(straight, tmp_path, capsys):
+    """A log with this version's header but another model's KL columns: refused at the
+    first row, which is not written, nor is last.pt."""
+    out = copy_of(straight, tmp_path)
+    with open(out / "log.csv", newline="") as f:
+        rows = [row[:-1] for row in csv.reader(f)]  # no kl_z_2: a model with one latent layer
+    with open(out / "log.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    before = {name: data for name, data in contents(out).items() if name != "config.json"}
+    line, _ = refused([*RESUME, str(out), "--steps", "8", "--no-progress", "--device", "cpu"], capsys)
+    assert line == (f"error: {out / 'log.csv'} has the columns step,loss,kl,lr,valid_loss,seconds,skipped,kl_z_1, but "
+                    "this run logs step,loss,kl,lr,valid_loss,seconds,skipped,kl_z_1,kl_z_2 (another model's log?); "
+                    "nothing was written to it: move it aside to resume with a new log")  # fmt: skip
+    assert {name: data for name, data in contents(out).items() if name != "config.json"} == before
+
+
+def test_a_log_of_the_version_before_skipped_steps_is_migrated_when_the_run_resumes(straight, tmp_path):
+    out = copy_of(straight, tmp_path)
+    old = [{k: v for k, v in row.items() if k != "skipped"} for row in csv.DictReader(open(out / "log.csv"))]
+    with open(out / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    run.main([*RESUME, str(out), "--steps", "7", "--no-progress", "--device", "cpu"])  # and plots the log
+    with open(out / "log.csv", newline="") as f:
+        new = list(csv.DictReader(f))
+    assert list(new[0]) == ["step", "loss", "kl", "lr", "valid_loss", "seconds", "skipped", "kl_z_1", "kl_z_2"]
+    assert [{k: v for k, v in row.items() if k != "skipped"} for row in new[:6]] == old
+    assert [row["skipped"] for row in new] == [""] * 6 + ["0"]
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("hidden", 16, "net.hidden is 16 there and 8 in last.pt"),
+    ("lr", 0.01, "train.lr is 0.01 there and 0.002 in last.pt"),
+])  # fmt: skip
+def test_a_config_json_that_disagrees_with_the_checkpoint_is_refused(setting, value, message, straight, tmp_path,
+                                                                     capsys):  # fmt: skip
+    out = copy_of(straight, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["net" if setting == "hidden" else "train"][setting] = value
+    (out / "config.json").write_text(json.dumps(config))
+    before = contents(out)
+    line, printed = refused([*RESUME, str(out), "--steps", "8", "--no-progress", "--device", "cpu"], capsys)
+    assert "resuming" not in printed
+    held = "weights" if setting == "hidden" else "optimizer's state"
+    assert line == (f"error: {out / 'config.json'} disagrees with {out / 'last.pt'} on what the checkpoint holds "
+                    f"({held}): {message}; model, guide, net, train.lr must be the checkpoint's: put them back, or "
+                    "train a new run in another --out")  # fmt: skip
+    assert contents(out) == before
+
+
+def test_config_json_wins_for_the_other_settings_and_says_so(straight, tmp_path, capsys):
+    out = copy_of(straight, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["valid_every"] = 7
+    (out / "config.json").write_text(json.dumps(config))
+    run.main([*RESUME, str(out), "--steps", "7", "--no-progress", "--device", "cpu"])
+    assert (f"{out / 'config.json'} differs from {out / 'last.pt'}'s own config: train.valid_every is 7 there and 3 "
+            "in last.pt; config.json wins, the run trains on with it") in capsys.readouterr().out  # fmt: skip
+    assert [row["valid_loss"] != "" for row in log_rows(out)] == [False, False, True, False, False, True, True]
 
 
 # -- bad inputs: one line naming what was wrong, exit code 2, nothing written --------

@@ -285,7 +285,8 @@ class Trainer:
         # the step's one read from the device: everything logged and decided on, at once
         values = distributed.mean(torch.stack([value.double() for value in figures.values()]))
         figures = dict(zip(figures, values))
-        finite = math.isfinite(figures["loss"]) and math.isfinite(figures.pop("norm"))
+        norm = figures.pop("norm")  # decided on, not logged
+        finite = math.isfinite(figures["loss"]) and math.isfinite(norm)
         if finite:
             self.optimizer.step()
         self.scheduler.step()  # the learning rate is a function of the step, skipped or not
