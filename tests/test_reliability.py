@@ -494,6 +494,11 @@ def test_a_corrupt_gzipped_idx_is_named(tmp_path):
     (["--lr", "0"], "--lr: the learning rate must be a positive number, got 0"),
     (["--lr-decay", "-1"], "--lr-decay: the learning rate's factor every 1000 steps must be in (0, 1], got -1"),
     (["--checkpoint-every", "0"], "--checkpoint-every: expected a positive number of minutes, got 0"),
+    (["--seed", "-1"], "--seed: expected a whole number from 0 to 2**32 - 1, got -1"),
+    (["--lam", "-1"], "--lam: expected nats per latent dimension, 0 or more, got -1"),
+    (["--lam-half-life", "0"], "--lam-half-life: expected a positive number of steps, got 0"),
+    (["--beta-rate", "-1"], "--beta-rate: expected a positive number (β's rise per step), got -1"),
+    (["--data", "speech", "--fw", "0"], "--fw: expected a positive number of samples per step, got 0"),
 ])  # fmt: skip
 def test_bad_training_flags_are_named_before_anything_is_written(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
@@ -545,6 +550,33 @@ def test_bad_sample_flags_are_named_before_anything_is_generated(flags, message,
     assert sorted(p.name for p in straight.iterdir()) == before
 
 
+@pytest.mark.parametrize("command,flags,message", [
+    ("evaluate", ["--seed", "-1"], "--seed: expected a whole number from 0 to 2**32 - 1, got -1"),
+    ("sample", ["--seed", "4294967296"], "--seed: expected a whole number from 0 to 2**32 - 1, got 4294967296"),
+    ("reconstruct", ["--num", "0"], "--num 0: expected at least 1 sequence"),
+    ("ppc", ["--replicates", "0"], "--replicates 0: expected at least 1 replicate of each sequence"),
+])  # fmt: skip
+def test_bad_numbers_of_the_run_commands_are_named(command, flags, message, straight, capsys):
+    before = contents(straight)
+    line, _ = refused([command, "--run", str(straight), *flags, "--device", "cpu"], capsys)
+    assert line == f"error: {message}"
+    assert contents(straight) == before
+
+
+def test_a_run_before_its_first_validation_says_so_and_offers_last_pt(tmp_path, capsys):
+    out = tmp_path / "run"
+    with injected("sigterm@2"), pytest.raises(SystemExit):  # stopped at step 2; it validates first at step 3
+        run.main(["train", *TOY, "--out", str(out)])
+    capsys.readouterr()
+    for command in ("evaluate", "sample", "ppc"):
+        line, _ = refused([command, "--run", str(out), "--device", "cpu"], capsys)
+        assert line == (f"error: no checkpoint at {out / 'best.pt'}: {out} has trained 2 steps and has not reached its "
+                        "first validation (step 3), which writes best.pt; give --checkpoint last.pt for the weights "
+                        "of step 2")  # fmt: skip
+    run.main(["evaluate", "--run", str(out), "--checkpoint", "last.pt", "--device", "cpu", "--no-progress"])
+    assert "stcn-dense on digits, test split (last.pt): -ELBO = " in capsys.readouterr().out
+
+
 def test_resume_with_fewer_steps_than_trained_is_refused_and_config_json_kept(straight, capsys):
     config = (straight / "config.json").read_text()
     with pytest.raises(SystemExit) as e:
@@ -579,9 +611,14 @@ def test_a_pickle_in_a_checkpoint_is_refused_in_one_line_without_the_unsafe_hint
     assert "weights_only=False" not in line and "pwned" not in line
 
 
-def test_bench_refuses_steps_that_are_not_positive(capsys):
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--steps: expected positive integers, got '0'"),
+    (["generation", "--repeats", "0"], "--repeats: expected a positive integer, got '0'"),
+    (["steps", "--gen-steps", "-1"], "--gen-steps: expected a positive integer, got '-1'"),
+])  # fmt: skip
+def test_bench_refuses_counts_that_are_not_positive(argv, message, capsys):
     from pyro_stcn import cli
 
     with pytest.raises(SystemExit) as e:
-        cli.main(["bench", "--steps", "0"])
-    assert e.value.code == 2 and "--steps: expected positive integers, got '0'" in capsys.readouterr().err
+        cli.main(["bench", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err

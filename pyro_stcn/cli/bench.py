@@ -6,7 +6,7 @@ import torch
 
 from pyro_stcn.bench import benchmark
 from pyro_stcn.bench.benchmark import time_generation
-from pyro_stcn.cli.options import pick_device, positive_ints
+from pyro_stcn.cli.options import pick_device, positive_int, positive_ints
 from pyro_stcn.nets import parameter_count
 
 
@@ -62,7 +62,7 @@ def bench_suite(args: argparse.Namespace, device: torch.device) -> None:
 def add_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks: plain, cached vs uncached generation; `bench all` for every suite")
     b.add_argument("--steps", type=positive_ints, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
-    b.add_argument("--num", type=lambda text: positive_ints(text)[0], default=1, help="sequences generated at once")
+    b.add_argument("--num", type=positive_int, default=1, help="sequences generated at once")
     suites = b.add_subparsers(dest="suite", metavar="{steps,scaling,generation,all}")
     helps = {
         "steps": "SVI step of STCN-dense and MS-STCN: Pyro against a hand-written PyTorch loss, as a ratio",
@@ -73,8 +73,8 @@ def add_bench(sub) -> argparse.ArgumentParser:
     for name, text in helps.items():
         s = suites.add_parser(name, help=text)
         s.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the command")
-        s.add_argument("--repeats", type=int, help="interleaved repeats per figure (default 5; --quick 2)")
-        s.add_argument("--gen-steps", type=int, default=320, help="generated steps per timing (default 320)")
+        s.add_argument("--repeats", type=positive_int, help="interleaved repeats per figure (default 5; --quick 2)")
+        s.add_argument("--gen-steps", type=positive_int, default=320, help="generated steps per timing (default 320)")
         s.add_argument("--clock", choices=list(benchmark.CLOCKS), default="wall",
                        help="wall-clock time, or this process's CPU time (less noise on a shared CPU)")  # fmt: skip
         s.add_argument("--bf16", action="store_true", help="training steps with the networks in bfloat16 (autocast)")

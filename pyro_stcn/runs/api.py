@@ -174,7 +174,11 @@ class Run:
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint: str = "best.pt") -> Run:
-    """The run in ``run_dir`` with the weights of its best validation (or ``checkpoint``)."""
+    """The run in ``run_dir`` with the weights of its best validation (or ``checkpoint``:
+    ``"last.pt"``, those of its latest step). A missing checkpoint is refused in one line
+    that says how far the run has got."""
+    if not (Path(run_dir) / checkpoint).is_file():
+        raise SettingError(_missing(Path(run_dir), checkpoint))
     ckpt = load_checkpoint(Path(run_dir) / checkpoint, device)
     if "net" not in ckpt["run_config"]:
         raise ValueError(f"{run_dir} was written by an older pyro-stcn (no 'net' in its config); train it again")
@@ -184,6 +188,23 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
     guide.load_state_dict(ckpt["guide"])
     model.eval(), guide.eval()
     return Run(Path(run_dir), run_config, model, guide)
+
+
+def _missing(run_dir: Path, checkpoint: str) -> str:
+    """Why ``run_dir`` has no ``checkpoint`` (best.pt: the run has not validated yet), and
+    what to use instead, in the words of :class:`~pyro_stcn.errors.SettingError`."""
+    last = run_dir / "last.pt"
+    if checkpoint != "last.pt" and last.is_file():
+        ckpt = load_checkpoint(last)
+        step, first = ckpt["train_state"]["step"], ckpt["train_config"]["valid_every"]
+        how_far = (f"has not reached its first validation (step {first}), which writes {checkpoint}" if step < first
+                   else "kept none of its validations (a diverged one is not kept)")  # fmt: skip
+        return (f"no checkpoint at {run_dir / checkpoint}: {run_dir} has trained {step} steps and {how_far}; give "
+                f"<checkpoint> last.pt for the weights of step {step}")  # fmt: skip
+    if (run_dir / "config.json").is_file():
+        return (f"no checkpoint at {run_dir / checkpoint}: {run_dir} has none yet, it stopped before its first step "
+                f"ended; train it with  pyro-stcn train --resume {run_dir}")  # fmt: skip
+    return f"no checkpoint at {run_dir / checkpoint}: {run_dir} is not a run directory (no config.json there)"
 
 
 IW_OVER = ("auto", "factors", "sequence")
