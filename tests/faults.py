@@ -5,7 +5,12 @@
 FAULTS is a comma-separated list of ``EVENT@STEP``:
 
 - ``nan@3``: the loss of step 3 is NaN (so its gradients are);
-- ``sigterm@5``, ``sigint@5``: the signal sent to this process as step 5 ends;
+- ``sigterm@5``, ``sigint@5``, ``sighup@5``, ``sigusr1@5``, ``sigusr2@5``: the signal
+  sent to this process as step 5 ends; ``sigusr1@5:1``: by the process of rank 1 alone
+  (under torchrun);
+- ``hangup@5``: as step 5 ends, the process says ``waiting for a hang-up`` on stdout and
+  waits (up to a minute) for the SIGHUP of a real hang-up: its terminal closed by whoever
+  reads it (the signal is held back until then, so none is missed);
 - ``kill-in-checkpoint@10``: ``kill -9`` of this process once the temporary file of
   step 10's ``last.pt`` is complete, before it replaces ``last.pt``.
 
@@ -17,6 +22,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +35,9 @@ class Faults(Callback):
     """The events of a FAULTS text, kept in step with the run (from a resumed step too)."""
 
     def __init__(self, text: str):
-        self.events = {tuple(item.split("@")) for item in text.split(",") if item}
+        rank = os.environ.get("RANK", "0")
+        items = [item.partition(":") for item in text.split(",") if item]  # EVENT@STEP[:RANK]
+        self.events = {tuple(event.split("@")) for event, _, only in items if only in ("", rank)}
         self.step = 0
 
     def at(self, event: str, step: int) -> bool:
@@ -39,9 +47,23 @@ class Faults(Callback):
         self.step = state.step
 
     def on_step(self, trainer, state, row) -> None:
-        for name in ("sigterm", "sigint"):
-            if self.at(name, state.step):
-                os.kill(os.getpid(), getattr(signal, name.upper()))
+        for event, step in self.events:
+            if step == str(state.step) and event.startswith("sig"):
+                os.kill(os.getpid(), getattr(signal, event.upper()))
+        if self.at("hangup", state.step):
+            wait_for_hang_up()
+
+
+def wait_for_hang_up() -> None:
+    """Say so on stdout, then wait for a SIGHUP (held back meanwhile) and let it through to
+    the training's handler."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGHUP])
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), b"waiting for a hang-up\n")  # one write: all of it is out before the hang-up
+    deadline = time.monotonic() + 60
+    while signal.SIGHUP not in signal.sigpending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGHUP])  # delivered here, if it came
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ Each torchrun is launched with ``--standalone`` (a free port of its own) and
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,12 @@ WAVENET = ["--model", "wavenet", "--channels", "8", "--layers", "2", "--blocks",
 STCN = ["--model", "stcn-dense", "--channels", "8", "--blocks", "2", "--z-dims", "4,2,2,2", *TINY]
 
 
-def torchrun(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=N run.py train ARGS`` from the repository root."""
+def torchrun(args: list[str], processes: int = 2, faults: str = "") -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=N run.py train ARGS`` from the repository
+    root, with ``faults`` (tests/faults.py)."""
+    script = ["run.py"] if not faults else ["tests/faults.py", faults]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "run.py", "train", *args]  # fmt: skip
+               *script, "train", *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -128,6 +131,18 @@ def test_a_latent_run_of_two_processes_stopped_and_resumed_matches_an_uninterrup
     assert rows[0] == rows[1] and len(rows[0]) == 6
     assert len(list((tmp_path / "straight").glob("events.out.tfevents.*"))) == 1
     assert len(list((tmp_path / "resumed").glob("events.out.tfevents.*"))) == 2  # one per launch, rank 0's
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGUSR1 to rank 1 alone as step 2 ends (a signal that reached one node): rank 0
+    stops after step 2 too, saves it, says so once and exits with 128 + SIGUSR1 (torchrun
+    then ends the job; rank 1, stopped with it, may be ended by torchrun first)."""
+    out = tmp_path / "run"
+    done = torchrun([*WAVENET, "--steps", "6", "--valid-every", "6", "--out", str(out)], faults="sigusr1@2:1")
+    assert done.stderr.count(f"stopped by SIGUSR1 after step 2; saved {out / 'last.pt'}") == 1, done.stderr
+    assert f"rank      : 0 (local_rank: 0)\n  exitcode  : {128 + signal.SIGUSR1} " in done.stderr, done.stderr
+    assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 2
+    assert [r["step"] for r in log_rows(out)] == ["1", "2"]
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path):

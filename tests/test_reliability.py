@@ -9,8 +9,13 @@ or the kill at an exact step, so the tests are deterministic. Nets are tiny, run
 
 import csv
 import errno
+import json
+import math
 import os
 import pickle
+import pty
+import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +27,7 @@ import pytest
 import torch
 
 import run
+from pyro_stcn.evaluation.plots import read_log
 from pyro_stcn.training import checkpoint
 from pyro_stcn.training.callbacks import truncate_log
 from pyro_stcn.training.checkpoint import load_checkpoint
@@ -33,13 +39,47 @@ TOY = ["--steps", "6", "--valid-every", "3", "--channels", "8", "--hidden", "8",
        "--valid-sequences", "20", "--batch-size", "16", "--no-progress", "--device", "cpu"]  # fmt: skip
 
 
-def train_process(args: list[str], faults: str = "") -> subprocess.CompletedProcess:
+def train_process(args: list[str], faults: str = "", terminal: bool = False) -> subprocess.CompletedProcess:
     """``run.py train ARGS`` in a fresh process (one thread, so that runs match bit for
-    bit), with ``faults`` (tests/faults.py)."""
+    bit), with ``faults`` (tests/faults.py); with ``terminal``, in a terminal of its own
+    that hangs up (:func:`in_a_terminal_that_hangs_up`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = ["run.py"] if not faults else ["tests/faults.py", faults]
-    return subprocess.run([sys.executable, *command, "train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    command = [sys.executable, *(["run.py"] if not faults else ["tests/faults.py", faults]), "train", *args]
+    if terminal:
+        return in_a_terminal_that_hangs_up(command, env)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def in_a_terminal_that_hangs_up(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``command`` as a session's leader with a pseudo-terminal for its terminal (as a
+    job in a login shell), which is closed once the command prints ``waiting for a
+    hang-up`` (the ``hangup`` fault): the kernel sends the command SIGHUP, and its writes
+    to the terminal fail from then on, as over a dropped connection. Its output up to
+    then is the result's stdout."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: nothing of pytest's may run here
+        try:
+            os.chdir(ROOT)
+            os.execve(command[0], command, env)
+        finally:
+            os._exit(127)
+    output, deadline = b"", time.monotonic() + 300
+    while b"waiting for a hang-up\r\n" not in output and time.monotonic() < deadline:  # the terminal's line end
+        if select.select([fd], [], [], 1)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the command has ended
+                chunk = b""
+            if not chunk:
+                break
+            output += chunk
+    os.close(fd)  # the hang-up
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if ended[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        ended = os.waitpid(pid, 0)
+    return subprocess.CompletedProcess(command, os.waitstatus_to_exitcode(ended[1]), output.decode(errors="replace"))
 
 
 def log_rows(run_dir: Path) -> list[dict]:
@@ -83,14 +123,26 @@ def one_line(stderr: str) -> str:
 # -- preemption ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sigterm", pytest.param("sigint", marks=pytest.mark.slow)])
+# SIGTERM and SIGUSR1 by default; the rest work the same way (a hang-up's SIGHUP is tested below, from a terminal)
+SIGNALS = ["sigterm", "sigusr1", *(pytest.param(n, marks=pytest.mark.slow) for n in ("sigint", "sighup", "sigusr2"))]
+
+
+@pytest.mark.parametrize("name", SIGNALS)
 def test_a_signal_finishes_the_step_saves_last_pt_and_the_run_resumes_exactly(name, straight, tmp_path):
+    """Each stop signal, sent as step 4 runs: exit 128 + the signal, the --resume command
+    in one line, and the resumed run is the uninterrupted one bit for bit."""
     out = tmp_path / "run"
     done = train_process([*TOY, "--out", str(out)], faults=f"{name}@4")
     signum = getattr(signal, name.upper())
     assert done.returncode == 128 + signum, done.stderr
     line = one_line(done.stderr)
+    assert line.startswith(f"stopped by {name.upper()}")
     assert f"after step 4; saved {out / 'last.pt'}: continue with  pyro-stcn train --resume {out}" in line
+    assert_resumes_from_step_4(out, straight)
+
+
+def assert_resumes_from_step_4(out: Path, straight: Path) -> None:
+    """``out`` was stopped after step 4 and saved it; resumed, it becomes ``straight``."""
     assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 4  # the step that was running, finished
     assert [int(r["step"]) for r in log_rows(out)] == [1, 2, 3, 4]
     assert not (out / ".lock").exists()
@@ -98,6 +150,16 @@ def test_a_signal_finishes_the_step_saves_last_pt_and_the_run_resumes_exactly(na
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {out} from step 4" in resumed.stdout
     assert_same_run(straight, out)
+
+
+def test_a_terminal_that_hangs_up_stops_the_run_after_its_step_and_it_resumes_exactly(straight, tmp_path):
+    """The terminal of ``train`` closes during step 4 (a dropped ssh session): SIGHUP, and
+    nothing more can be printed; the run still saves step 4 and exits with 129."""
+    out = tmp_path / "run"
+    done = train_process([*TOY, "--out", str(out)], faults="hangup@4", terminal=True)
+    assert "waiting for a hang-up" in done.stdout, done.stdout
+    assert done.returncode == 128 + signal.SIGHUP, done.stdout
+    assert_resumes_from_step_4(out, straight)
 
 
 @pytest.mark.parametrize("step", [3, pytest.param(1, marks=pytest.mark.slow)])
@@ -121,13 +183,26 @@ def test_kill_9_while_last_pt_is_written_loses_nothing(step, straight, tmp_path)
     assert_same_run(straight, out)
 
 
+HEADER = "step,loss,kl,lr,valid_loss,seconds,skipped,kl_z_1"  # this version's log, one latent layer
+
+
 def test_a_torn_log_row_is_dropped_on_resumption(tmp_path):
     log = tmp_path / "log.csv"
-    log.write_text("step,loss\r\n1,2.5\r\n2,2.4\r\n3,2.")  # a crash in the middle of row 3
+    log.write_text(f"{HEADER}\r\n1,2.5,1,0.1,,,0,1\r\n2,2.4,1,0.1,2.6,3.5,0,1\r\n3,2.")  # a crash in row 3
     truncate_log(log, 2)
-    assert log.read_bytes() == b"step,loss\r\n1,2.5\r\n2,2.4\r\n"
+    assert log.read_bytes() == f"{HEADER}\r\n1,2.5,1,0.1,,,0,1\r\n2,2.4,1,0.1,2.6,3.5,0,1\r\n".encode()
     truncate_log(log, 0)  # no checkpoint: no row survives
     assert log.read_text() == ""
+
+
+def test_a_log_of_the_version_before_skipped_steps_is_migrated(tmp_path):
+    """The header before issue 15 lacked ``skipped`` (git log -p of the CSV log): its rows
+    get the column, empty, and keep every value they had."""
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,kl,lr,valid_loss,seconds,kl_z_1\r\n1,2.5,1,0.1,,,1\r\n2,2.4,1,0.1,2.6,3.5,1\r\n")
+    truncate_log(log, 2)
+    assert log.read_bytes() == f"{HEADER}\r\n1,2.5,1,0.1,,,,1\r\n2,2.4,1,0.1,2.6,3.5,,1\r\n".encode()
+    assert all(math.isnan(value) for value in read_log(log)["skipped"])  # what the plots read: no value
 
 
 def test_a_full_disk_is_one_line_leaves_no_tmp_and_the_resume_says_there_was_no_checkpoint(tmp_path, monkeypatch,
@@ -275,6 +350,105 @@ def test_the_lock_is_exclusive_within_a_process_too(tmp_path):
         pass
 
 
+# -- the run's files, checked before they are trusted ----------------------------------
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def contents(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory, by name (a lock left behind included)."""
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+def refused(argv: list[str], capsys) -> tuple[str, str]:
+    """The one error line of a command refused with exit code 2, and what it printed before."""
+    with pytest.raises(SystemExit) as e:
+        run.main(argv)
+    captured = capsys.readouterr()
+    assert e.value.code == 2, captured
+    return one_line(captured.err), captured.out
+
+
+RESUME = ["train", "--resume"]
+
+
+def test_a_log_with_a_foreign_header_is_refused_before_anything_is_trained_or_written(straight, tmp_path, capsys):
+    out = copy_of(straight, tmp_path)
+    (out / "log.csv").write_text("x,y,z\n1,2,3\n")
+    before = contents(out)
+    line, printed = refused([*RESUME, str(out), "--steps", "8", "--no-progress", "--device", "cpu"], capsys)
+    assert "resuming" not in printed  # refused before the weights were even loaded
+    assert line.startswith(f"error: {out / 'log.csv'} has the header 'x,y,z'; expected a pyro-stcn log, whose "
+                           "header is step,loss,kl,lr,valid_loss,seconds,skipped then kl_NAME for each latent layer")
+    assert contents(out) == before  # the log, both checkpoints, config.json (its new --steps not written)
+
+
+def test_a_log_of_other_latent_layers_gets_no_row_and_the_checkpoint_stays(straight, tmp_path, capsys):
+    """A log with this version's header but another model's KL columns: refused at the
+    first row, which is not written, nor is last.pt."""
+    out = copy_of(straight, tmp_path)
+    with open(out / "log.csv", newline="") as f:
+        rows = [row[:-1] for row in csv.reader(f)]  # no kl_z_2: a model with one latent layer
+    with open(out / "log.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    before = {name: data for name, data in contents(out).items() if name != "config.json"}
+    line, _ = refused([*RESUME, str(out), "--steps", "8", "--no-progress", "--device", "cpu"], capsys)
+    assert line == (f"error: {out / 'log.csv'} has the columns step,loss,kl,lr,valid_loss,seconds,skipped,kl_z_1, but "
+                    "this run logs step,loss,kl,lr,valid_loss,seconds,skipped,kl_z_1,kl_z_2 (another model's log?); "
+                    "nothing was written to it: move it aside to resume with a new log")  # fmt: skip
+    assert {name: data for name, data in contents(out).items() if name != "config.json"} == before
+
+
+def test_a_log_of_the_version_before_skipped_steps_is_migrated_when_the_run_resumes(straight, tmp_path):
+    out = copy_of(straight, tmp_path)
+    old = [{k: v for k, v in row.items() if k != "skipped"} for row in csv.DictReader(open(out / "log.csv"))]
+    with open(out / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    run.main([*RESUME, str(out), "--steps", "7", "--no-progress", "--device", "cpu"])  # and plots the log
+    with open(out / "log.csv", newline="") as f:
+        new = list(csv.DictReader(f))
+    assert list(new[0]) == ["step", "loss", "kl", "lr", "valid_loss", "seconds", "skipped", "kl_z_1", "kl_z_2"]
+    assert [{k: v for k, v in row.items() if k != "skipped"} for row in new[:6]] == old
+    assert [row["skipped"] for row in new] == [""] * 6 + ["0"]
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("hidden", 16, "net.hidden is 16 there and 8 in last.pt"),
+    ("lr", 0.01, "train.lr is 0.01 there and 0.002 in last.pt"),
+])  # fmt: skip
+def test_a_config_json_that_disagrees_with_the_checkpoint_is_refused(setting, value, message, straight, tmp_path,
+                                                                     capsys):  # fmt: skip
+    out = copy_of(straight, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["net" if setting == "hidden" else "train"][setting] = value
+    (out / "config.json").write_text(json.dumps(config))
+    before = contents(out)
+    line, printed = refused([*RESUME, str(out), "--steps", "8", "--no-progress", "--device", "cpu"], capsys)
+    assert "resuming" not in printed
+    held = "weights" if setting == "hidden" else "optimizer's state"
+    assert line == (f"error: {out / 'config.json'} disagrees with {out / 'last.pt'} on what the checkpoint holds "
+                    f"({held}): {message}; model, guide, net, train.lr must be the checkpoint's: put them back, or "
+                    "train a new run in another --out")  # fmt: skip
+    assert contents(out) == before
+
+
+def test_config_json_wins_for_the_other_settings_and_says_so(straight, tmp_path, capsys):
+    out = copy_of(straight, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["valid_every"] = 7
+    (out / "config.json").write_text(json.dumps(config))
+    run.main([*RESUME, str(out), "--steps", "7", "--no-progress", "--device", "cpu"])
+    assert (f"{out / 'config.json'} differs from {out / 'last.pt'}'s own config: train.valid_every is 7 there and 3 "
+            "in last.pt; config.json wins, the run trains on with it") in capsys.readouterr().out  # fmt: skip
+    assert [row["valid_loss"] != "" for row in log_rows(out)] == [False, False, True, False, False, True, True]
+
+
 # -- bad inputs: one line naming what was wrong, exit code 2, nothing written --------
 
 
@@ -320,6 +494,11 @@ def test_a_corrupt_gzipped_idx_is_named(tmp_path):
     (["--lr", "0"], "--lr: the learning rate must be a positive number, got 0"),
     (["--lr-decay", "-1"], "--lr-decay: the learning rate's factor every 1000 steps must be in (0, 1], got -1"),
     (["--checkpoint-every", "0"], "--checkpoint-every: expected a positive number of minutes, got 0"),
+    (["--seed", "-1"], "--seed: expected a whole number from 0 to 2**32 - 1, got -1"),
+    (["--lam", "-1"], "--lam: expected nats per latent dimension, 0 or more, got -1"),
+    (["--lam-half-life", "0"], "--lam-half-life: expected a positive number of steps, got 0"),
+    (["--beta-rate", "-1"], "--beta-rate: expected a positive number (β's rise per step), got -1"),
+    (["--data", "speech", "--fw", "0"], "--fw: expected a positive number of samples per step, got 0"),
 ])  # fmt: skip
 def test_bad_training_flags_are_named_before_anything_is_written(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
@@ -371,6 +550,33 @@ def test_bad_sample_flags_are_named_before_anything_is_generated(flags, message,
     assert sorted(p.name for p in straight.iterdir()) == before
 
 
+@pytest.mark.parametrize("command,flags,message", [
+    ("evaluate", ["--seed", "-1"], "--seed: expected a whole number from 0 to 2**32 - 1, got -1"),
+    ("sample", ["--seed", "4294967296"], "--seed: expected a whole number from 0 to 2**32 - 1, got 4294967296"),
+    ("reconstruct", ["--num", "0"], "--num 0: expected at least 1 sequence"),
+    ("ppc", ["--replicates", "0"], "--replicates 0: expected at least 1 replicate of each sequence"),
+])  # fmt: skip
+def test_bad_numbers_of_the_run_commands_are_named(command, flags, message, straight, capsys):
+    before = contents(straight)
+    line, _ = refused([command, "--run", str(straight), *flags, "--device", "cpu"], capsys)
+    assert line == f"error: {message}"
+    assert contents(straight) == before
+
+
+def test_a_run_before_its_first_validation_says_so_and_offers_last_pt(tmp_path, capsys):
+    out = tmp_path / "run"
+    with injected("sigterm@2"), pytest.raises(SystemExit):  # stopped at step 2; it validates first at step 3
+        run.main(["train", *TOY, "--out", str(out)])
+    capsys.readouterr()
+    for command in ("evaluate", "sample", "ppc"):
+        line, _ = refused([command, "--run", str(out), "--device", "cpu"], capsys)
+        assert line == (f"error: no checkpoint at {out / 'best.pt'}: {out} has trained 2 steps and has not reached its "
+                        "first validation (step 3), which writes best.pt; give --checkpoint last.pt for the weights "
+                        "of step 2")  # fmt: skip
+    run.main(["evaluate", "--run", str(out), "--checkpoint", "last.pt", "--device", "cpu", "--no-progress"])
+    assert "stcn-dense on digits, test split (last.pt): -ELBO = " in capsys.readouterr().out
+
+
 def test_resume_with_fewer_steps_than_trained_is_refused_and_config_json_kept(straight, capsys):
     config = (straight / "config.json").read_text()
     with pytest.raises(SystemExit) as e:
@@ -405,9 +611,14 @@ def test_a_pickle_in_a_checkpoint_is_refused_in_one_line_without_the_unsafe_hint
     assert "weights_only=False" not in line and "pwned" not in line
 
 
-def test_bench_refuses_steps_that_are_not_positive(capsys):
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--steps: expected positive integers, got '0'"),
+    (["generation", "--repeats", "0"], "--repeats: expected a positive integer, got '0'"),
+    (["steps", "--gen-steps", "-1"], "--gen-steps: expected a positive integer, got '-1'"),
+])  # fmt: skip
+def test_bench_refuses_counts_that_are_not_positive(argv, message, capsys):
     from pyro_stcn import cli
 
     with pytest.raises(SystemExit) as e:
-        cli.main(["bench", "--steps", "0"])
-    assert e.value.code == 2 and "--steps: expected positive integers, got '0'" in capsys.readouterr().err
+        cli.main(["bench", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -20,7 +20,8 @@ evaluation, generation and plots. Every failure is one ``error: ...`` line on st
 and an exit code (:func:`main`): 2 for usage errors (a flag, file or field that cannot
 be used: ``ValueError``, ``FileNotFoundError``, a run directory in use), 1 for a run
 that failed (diverged, or a disk that would not take a write), 128 + N for a run
-stopped by signal N (SIGTERM 143, Ctrl-C 130) after saving where to resume from.
+stopped by signal N (SIGTERM 143, Ctrl-C 130, SIGHUP 129, SIGUSR1 138, SIGUSR2 140)
+after saving where to resume from.
 """
 
 import argparse
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except Interrupted as e:
-        leave(str(e), 128 + e.signum)
+        leave(str(e), 128 + e.signum, say=e.main)
     except SettingError as e:  # the library's words for its settings, the command line's flags here
         leave(f"error: {e.text(flag)}", USAGE)
     except (ValueError, FileNotFoundError) as e:
@@ -70,10 +71,14 @@ def main(argv: list[str] | None = None) -> None:
         leave("interrupted", 128 + signal.SIGINT)
 
 
-def leave(message: str, code: int) -> None:
-    """Exit with ``code`` after printing ``message`` on stderr (rank 0 alone under torchrun)."""
-    if distributed.is_main():
-        print(message, file=sys.stderr, flush=True)
+def leave(message: str, code: int, say: bool = True) -> None:
+    """Exit with ``code`` after printing ``message`` on stderr (unless not ``say``; rank 0
+    alone while this process is in a torchrun group)."""
+    if say and distributed.is_main():
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except OSError:  # no terminal left to print on (it hung up: SIGHUP); the exit code still says why
+            pass
     exit_ = SystemExit(message)  # the message, for callers that catch it (the tests)
     exit_.code = code
     raise exit_

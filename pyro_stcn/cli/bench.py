@@ -8,7 +8,7 @@ import torch
 
 from pyro_stcn.bench import authors, benchmark
 from pyro_stcn.bench.benchmark import time_generation
-from pyro_stcn.cli.options import pick_device, positive_ints
+from pyro_stcn.cli.options import pick_device, positive_int, positive_ints
 from pyro_stcn.nets import parameter_count
 
 
@@ -87,7 +87,7 @@ def bench_authors(args: argparse.Namespace, device: torch.device) -> None:
 
 def _common_flags(s: argparse.ArgumentParser, repeats: str) -> None:
     s.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the command")
-    s.add_argument("--repeats", type=int, help=f"interleaved repeats per figure ({repeats})")
+    s.add_argument("--repeats", type=positive_int, help=f"interleaved repeats per figure ({repeats})")
     s.add_argument("--clock", choices=list(benchmark.CLOCKS), default="wall",
                    help="wall-clock time, or this process's CPU time (less noise on a shared CPU)")  # fmt: skip
     s.add_argument("--device", default=argparse.SUPPRESS, choices=["auto", "cpu", "cuda"])
@@ -96,7 +96,7 @@ def _common_flags(s: argparse.ArgumentParser, repeats: str) -> None:
 def add_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks: plain, cached vs uncached generation; `bench all` for every suite")
     b.add_argument("--steps", type=positive_ints, default=[1000, 4000], help="sequence lengths (default 1000,4000)")
-    b.add_argument("--num", type=lambda text: positive_ints(text)[0], default=1, help="sequences generated at once")
+    b.add_argument("--num", type=positive_int, default=1, help="sequences generated at once")
     suites = b.add_subparsers(dest="suite", metavar="{steps,scaling,generation,all,authors}")
     helps = {
         "steps": "SVI step of STCN-dense and MS-STCN: Pyro against a hand-written PyTorch loss, as a ratio",
@@ -107,7 +107,7 @@ def add_bench(sub) -> argparse.ArgumentParser:
     for name, text in helps.items():
         s = suites.add_parser(name, help=text)
         _common_flags(s, "default 5; --quick 2")
-        s.add_argument("--gen-steps", type=int, default=320, help="generated steps per timing (default 320)")
+        s.add_argument("--gen-steps", type=positive_int, default=320, help="generated steps per timing (default 320)")
         s.add_argument("--bf16", action="store_true", help="training steps with the networks in bfloat16 (autocast)")
         s.add_argument("--compile", action="store_true", help="steps: also time the step with the networks compiled")
     a = suites.add_parser("authors", help="the authors' MS-STCN training step (their code, --authors) beside ours")

@@ -66,6 +66,17 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: one positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", choices=[*DATASETS, *FORMATS], help="a built-in data set (default digits) or a format")
     p.add_argument("--data-dir", help="where your files are (a directory; for npz, the file)")

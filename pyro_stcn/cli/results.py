@@ -7,19 +7,29 @@ import torch
 from tqdm import tqdm
 
 from pyro_stcn import runs
-from pyro_stcn.cli.options import pick_device, writable
+from pyro_stcn.cli.options import flag, pick_device, writable
 from pyro_stcn.data import pad_batch
 from pyro_stcn.data.wav import write_wav
 from pyro_stcn.evaluation import bounds
 from pyro_stcn.evaluation.plots import plot_kl_bars, plot_ppc, plot_sequences
 from pyro_stcn.evaluation.predictive import check_table, one_step_ahead, posterior_predictive_check
+from pyro_stcn.training.config import check_seed
 
 
 def open_run(args: argparse.Namespace) -> runs.Run:
-    """The run in ``--run`` on ``--device``, with the random state set from ``--seed``."""
-    run = runs.load_run(args.run, pick_device(args.device))
+    """The run in ``--run`` (its ``--checkpoint``) on ``--device``, with the random state
+    set from ``--seed``; the numbers given checked first."""
+    check_seed(args.seed)
+    for name, what in COUNTS.items():
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
+            raise ValueError(f"{flag(name)} {getattr(args, name)}: expected at least 1 {what}")
+    run = runs.load_run(args.run, pick_device(args.device), args.checkpoint)
     torch.manual_seed(args.seed)
     return run
+
+
+# The counts these commands take, checked before the run is loaded (the library checks those it is given too).
+COUNTS = {"replicates": "replicate of each sequence", "num": "sequence"}
 
 
 def iw_meaning(scores: bounds.Scores) -> str:
@@ -44,11 +54,13 @@ def score_lines(title: str, scores: bounds.Scores, model: str, draws: int | None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    run = runs.load_run(args.run, pick_device(args.device))
+    run = open_run(args)
     with tqdm(total=len(getattr(run.data, args.split)), desc=f"IWAE, K = {args.iw}",
               disable=args.no_progress or not args.iw) as bar:  # fmt: skip
         scores = runs.score(run, args.split, args.iw, args.chunk, args.seed, progress=bar.update, iw_over=args.iw_over)
     title = f"{run.config.model} on {run.config.data}, {args.split} split"
+    if args.checkpoint != "best.pt":
+        title += f" ({args.checkpoint})"
     lines = score_lines(title, scores, run.config.model, args.iw)
     if run.data.kind == "image":
         lines.append("one sequence is one image: nats per sequence are nats per image")
@@ -135,5 +147,7 @@ def add_run_commands(sub) -> list[argparse.ArgumentParser]:
     c.set_defaults(func=cmd_ppc)
     for p in (e, s, r, c):
         p.add_argument("--run", required=True)
+        p.add_argument("--checkpoint", choices=["best.pt", "last.pt"], default="best.pt",
+                       help="the weights of the best validation (default), or of the latest step")  # fmt: skip
         p.add_argument("--seed", type=int, default=0)
     return [e, s, r, c]

@@ -214,7 +214,7 @@ def add_train_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", help="run directory (default runs/MODEL-GUIDE-TIME)")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     t.add_argument("--checkpoint-every", type=float, metavar="MINUTES", help="also write last.pt this often (it is "
-                   "written at each validation, and on SIGTERM or Ctrl-C)")  # fmt: skip
+                   "written at each validation, and on SIGTERM, Ctrl-C, SIGHUP, SIGUSR1 or SIGUSR2)")  # fmt: skip
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to the run directory "
                    "(needs the tensorboard package)")  # fmt: skip

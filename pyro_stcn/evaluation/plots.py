@@ -15,10 +15,11 @@ from pyro_stcn.inference.kl import bottom_first  # noqa: E402
 
 def read_log(path: str | Path) -> dict[str, list[float]]:
     """The CSV log as columns; empty cells (no validation at that step) are dropped
-    together with their step into ``valid_step``."""
+    together with their step into ``valid_step``. An empty cell of another column (one
+    that a migrated log's older rows lack, such as ``skipped``) reads as NaN."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    cols = {k: [float(r[k]) for r in rows] for k in rows[0] if k not in ("valid_loss", "seconds")}
+    cols = {k: [float(r[k] or "nan") for r in rows] for k in rows[0] if k not in ("valid_loss", "seconds")}
     cols["valid_step"] = [float(r["step"]) for r in rows if r["valid_loss"]]
     cols["valid_seconds"] = [float(r["seconds"]) for r in rows if r["valid_loss"]]
     cols["valid_loss"] = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]

@@ -29,7 +29,8 @@ from pyro_stcn.inference.factors import factor_steps_of
 from pyro_stcn.nets.likelihoods import PRINTED as PRINTED_LIKELIHOODS
 from pyro_stcn.runs.config import RunConfig, build, load_data, new_run_config, objective_for, schedules_for
 from pyro_stcn.training import Callback, CSVLog, ProgressBar, TrainResult, distributed, train
-from pyro_stcn.training.checkpoint import load_checkpoint
+from pyro_stcn.training.callbacks import log_header
+from pyro_stcn.training.checkpoint import load_checkpoint, replace_atomically
 
 
 def start_run(run_config: RunConfig, run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ...]:
@@ -48,8 +49,15 @@ def start_run(run_config: RunConfig, run_dir: str | Path, device: torch.device |
 
 def resume_run(run_dir: str | Path, steps: int | None = None, device: torch.device | str = "cpu") -> tuple:
     """The config, model and guide of the run in ``run_dir`` to train on (its weights
-    come from ``last.pt`` when training starts); ``steps`` sets a new total."""
-    config_path = Path(run_dir) / "config.json"
+    come from ``last.pt`` when training starts); ``steps`` sets a new total.
+
+    The run's files are checked before any is trusted or written: ``config.json`` must
+    agree with ``last.pt`` on the network whose weights it holds and the learning rate
+    (:func:`check_against_checkpoint`; for every other setting ``config.json`` wins),
+    and ``log.csv`` must be a pyro-stcn log
+    (:func:`~pyro_stcn.training.callbacks.log_header`)."""
+    run_dir = Path(run_dir)
+    config_path, last = run_dir / "config.json", run_dir / "last.pt"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json there, so it is not a run directory")
     try:
@@ -57,17 +65,71 @@ def resume_run(run_dir: str | Path, steps: int | None = None, device: torch.devi
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path} is not valid JSON ({e}); it cannot be resumed") from None
     run_config = RunConfig.from_dict(saved, str(config_path))
+    done = 0
+    if last.is_file():
+        ckpt = load_checkpoint(last)
+        check_against_checkpoint(run_config, ckpt, config_path, last)
+        done = ckpt["train_state"]["step"]
+    log_header(run_dir / "log.csv")
     if steps is not None:  # train a finished run for longer
-        last = Path(run_dir) / "last.pt"
-        done = load_checkpoint(last)["train_state"]["step"] if last.is_file() else 0
         if steps < max(done, 1):
             raise SettingError(f"<steps> {steps}: {run_dir} has trained {done} steps; give a larger total to train on")
         run_config.train.steps = steps
         if distributed.is_main():  # atomically: the other ranks may be reading it
-            config_path.with_name("config.json.tmp").write_text(json.dumps(run_config.to_dict(), indent=2))
-            config_path.with_name("config.json.tmp").replace(config_path)
+            text = json.dumps(run_config.to_dict(), indent=2)
+            replace_atomically(config_path, lambda f: f.write(text.encode()))
     pyro.set_rng_seed(run_config.train.seed)
     return (run_config, *build(run_config, device))
+
+
+# What a checkpoint holds besides a config: the weights of a network, and the optimizer's state, whose rates
+# (the base of the learning-rate schedule) a resumed run takes from it.
+HELD = {"model": "weights", "guide": "weights", "net": "weights", "train.lr": "optimizer's state"}
+
+
+def check_against_checkpoint(run_config: RunConfig, ckpt: dict, config_path: Path, checkpoint: Path) -> None:
+    """Refuse a ``config.json`` that disagrees with the checkpoint on what the checkpoint
+    holds (:data:`HELD`: the network, model, guide and ``net``, whose weights would not
+    fit or would mean something else; the learning rate, which its optimizer state
+    fixes), in one line that names each difference. For every other setting
+    ``config.json`` wins, and a difference is printed (except a new ``steps`` total: that
+    is how a run is trained for longer)."""
+    own = RunConfig.from_dict(ckpt.get("run_config"), f"{checkpoint}'s config")
+    as_json = [json.loads(json.dumps(c.to_dict())) for c in (run_config, own)]  # tuples and lists alike
+    differences = _differences(*as_json)
+    held = [(name, *values) for name, *values in differences if _held(name)]
+    said = "; ".join(f"{name} is {_short(mine)} there and {_short(theirs)} in {checkpoint.name}" for name, mine,
+                     theirs in (held or [d for d in differences if d[0] != "train.steps"]))  # fmt: skip
+    if held:
+        what = " and ".join(sorted({HELD[_held(name)] for name, *_ in held}))
+        raise SettingError(f"{config_path} disagrees with {checkpoint} on what the checkpoint holds ({what}): {said}; "
+                           f"{', '.join(HELD)} must be the checkpoint's: put them back, or train a new run in "
+                           "another <out>")  # fmt: skip
+    if said and distributed.is_main():
+        print(f"{config_path} differs from {checkpoint}'s own config: {said}; config.json wins, the run trains on "
+              "with it")  # fmt: skip
+
+
+def _held(name: str) -> str | None:
+    """The key of :data:`HELD` that setting ``name`` (``net.hidden``) falls under, if any."""
+    return next((key for key in HELD if name == key or name.startswith(key + ".")), None)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:36] + " ..."
+
+
+def _differences(mine: dict, theirs: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """Each setting (``net.hidden``) whose value differs between two configs as dicts."""
+    found = []
+    for key in sorted(set(mine) | set(theirs), key=str):
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
 
 
 def train_run(
@@ -112,7 +174,11 @@ class Run:
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint: str = "best.pt") -> Run:
-    """The run in ``run_dir`` with the weights of its best validation (or ``checkpoint``)."""
+    """The run in ``run_dir`` with the weights of its best validation (or ``checkpoint``:
+    ``"last.pt"``, those of its latest step). A missing checkpoint is refused in one line
+    that says how far the run has got."""
+    if not (Path(run_dir) / checkpoint).is_file():
+        raise SettingError(_missing(Path(run_dir), checkpoint))
     ckpt = load_checkpoint(Path(run_dir) / checkpoint, device)
     if "net" not in ckpt["run_config"]:
         raise ValueError(f"{run_dir} was written by an older pyro-stcn (no 'net' in its config); train it again")
@@ -122,6 +188,23 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
     guide.load_state_dict(ckpt["guide"])
     model.eval(), guide.eval()
     return Run(Path(run_dir), run_config, model, guide)
+
+
+def _missing(run_dir: Path, checkpoint: str) -> str:
+    """Why ``run_dir`` has no ``checkpoint`` (best.pt: the run has not validated yet), and
+    what to use instead, in the words of :class:`~pyro_stcn.errors.SettingError`."""
+    last = run_dir / "last.pt"
+    if checkpoint != "last.pt" and last.is_file():
+        ckpt = load_checkpoint(last)
+        step, first = ckpt["train_state"]["step"], ckpt["train_config"]["valid_every"]
+        how_far = (f"has not reached its first validation (step {first}), which writes {checkpoint}" if step < first
+                   else "kept none of its validations (a diverged one is not kept)")  # fmt: skip
+        return (f"no checkpoint at {run_dir / checkpoint}: {run_dir} has trained {step} steps and {how_far}; give "
+                f"<checkpoint> last.pt for the weights of step {step}")  # fmt: skip
+    if (run_dir / "config.json").is_file():
+        return (f"no checkpoint at {run_dir / checkpoint}: {run_dir} has none yet, it stopped before its first step "
+                f"ended; train it with  pyro-stcn train --resume {run_dir}")  # fmt: skip
+    return f"no checkpoint at {run_dir / checkpoint}: {run_dir} is not a run directory (no config.json there)"
 
 
 IW_OVER = ("auto", "factors", "sequence")

@@ -16,6 +16,7 @@ model is (its config, sizes, flags and guides) comes from the registry
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -74,6 +75,12 @@ class RunConfig:
         if self.kl_gradient not in takes:
             raise SettingError(f"<kl_gradient> {self.kl_gradient} does not apply to <objective> {self.objective}, "
                                f"which takes {' or '.join(takes)} (default {takes[0]})")  # fmt: skip
+        if not 0 < self.beta_rate < math.inf:
+            raise SettingError(f"<beta_rate>: expected a positive number (β's rise per step), got {self.beta_rate:g}")
+        if not 0 <= self.lam < math.inf:
+            raise SettingError(f"<lam>: expected nats per latent dimension, 0 or more, got {self.lam:g}")
+        if not self.lam_half_life > 0:
+            raise SettingError(f"<lam_half_life>: expected a positive number of steps, got {self.lam_half_life:g}")
         if not isinstance(self.test_iw, int) or self.test_iw < 0:
             raise SettingError(f"<test_iw>: expected a number of draws, 0 or more, got {self.test_iw}")
         if self.objective == "iwae" and (not isinstance(self.iw_samples, int) or self.iw_samples < 1):
@@ -167,6 +174,8 @@ def data_args(settings: dict, data: str) -> dict:
     wrong = sorted(set(chosen) - OPTIONS.get(data, set()))
     if wrong:
         raise SettingError(f"<{DATA_SETTINGS[wrong[0]]}> does not apply to <data> {data}")
+    if chosen.get("fw", 1) < 1:
+        raise SettingError(f"<fw>: expected a positive number of samples per step, got {chosen['fw']}")
     if data in FORMATS and "directory" not in chosen:
         raise SettingError(f"<data> {data} reads your files: give <data_dir>")
     return chosen

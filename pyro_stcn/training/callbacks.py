@@ -26,10 +26,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pyro_stcn.training.checkpoint import load_checkpoint
+from pyro_stcn.training.checkpoint import load_checkpoint, replace_atomically
 from pyro_stcn.training.config import TrainState
 
 LOG_FIELDS = ["step", "loss", "kl", "lr", "valid_loss", "seconds", "skipped"]  # skipped: steps so far with no update
+# A log written before the divergence guard (issue 15) lacks "skipped"; resuming migrates it.
+OLD_LOG_FIELDS = [name for name in LOG_FIELDS if name != "skipped"]
+LAYER_PREFIX = "kl_"  # after the fixed columns, one column per latent layer: kl_NAME
+VALIDATION_ONLY = {"valid_loss", "seconds"}  # columns of rows at validations only
 
 
 class Callback:
@@ -60,33 +64,39 @@ class Callback:
 
 class CSVLog(Callback):
     """``log.csv`` in the run directory, one row per step (:data:`LOG_FIELDS`, then the
-    KL of each layer); its columns are fixed by the first row written. On resuming,
-    rows after the checkpoint's step (all of them without one) and a row torn by a crash
-    are dropped, so the log holds each step once; its rows are flushed before every
+    KL of each layer); its columns are fixed by the first row written. On resuming, the
+    log is checked (:func:`log_header`: another program's file is refused, an older
+    version's migrated) and rows after the checkpoint's step (all of them without one) and
+    a row torn by a crash are dropped, so the log holds each step once; a row whose
+    columns are not the log's is refused, never written. Rows are flushed before every
     ``last.pt``, which then never lacks a row a resumed run would not write again."""
 
     def __init__(self):
-        self.file, self.fields = None, None
+        self.file, self.fields, self.path = None, None, None
 
     def on_train_start(self, trainer, state: TrainState) -> None:
         if not trainer.main:
             return
-        path = trainer.dir / "log.csv"
-        truncate_log(path, state.step)
-        self.file = open(path, "a", newline="")
-        if path.stat().st_size:
-            with open(path, newline="") as f:
-                self.fields = next(csv.reader(f))
+        self.path = trainer.dir / "log.csv"
+        truncate_log(self.path, state.step)
+        self.fields = log_header(self.path)
+        self.file = open(self.path, "a", newline="")
 
     def on_step(self, trainer, state: TrainState, row: dict) -> None:
-        """Append ``row`` in one write (columns a log from an older version lacks are left out)."""
+        """Append ``row`` in one write."""
         if self.file is None:
             return
         text = io.StringIO()
         if self.fields is None:
             self.fields = LOG_FIELDS + [k for k in row if k not in LOG_FIELDS]
             csv.writer(text).writerow(self.fields)
-        csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        unknown = [k for k in row if k not in self.fields]
+        if unknown or [k for k in self.fields if k not in row and k not in VALIDATION_ONLY]:
+            ours = LOG_FIELDS + [k for k in row if k not in LOG_FIELDS]
+            raise ValueError(f"{self.path} has the columns {','.join(self.fields)}, but this run logs "
+                             f"{','.join(ours)} (another model's log?); nothing was written to it: move it aside to "
+                             "resume with a new log")  # fmt: skip
+        csv.DictWriter(text, fieldnames=self.fields).writerow(row)
         self.file.write(text.getvalue())
 
     def on_checkpoint(self, trainer, state: TrainState, filename: str) -> None:
@@ -99,18 +109,52 @@ class CSVLog(Callback):
             self.file = None
 
 
+def log_header(path: Path) -> list[str] | None:
+    """The columns of the log at ``path`` (None if there is none, or it is empty), once
+    checked: those of this version (:data:`LOG_FIELDS`, then ``kl_NAME`` for each latent
+    layer) or of an older one (:data:`OLD_LOG_FIELDS`, then the same), which
+    :func:`truncate_log` migrates. Anything else is another program's file, refused in
+    one line, so that a resumed run neither writes rows that do not match it nor loses them."""
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return None
+    expected = (f"expected a pyro-stcn log, whose header is {','.join(LOG_FIELDS)} then {LAYER_PREFIX}NAME for each "
+                "latent layer")  # fmt: skip
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path} cannot be read as a CSV log ({e}); {expected}") from None
+    for fields in (LOG_FIELDS, OLD_LOG_FIELDS):
+        if header[: len(fields)] == fields and all(k.startswith(LAYER_PREFIX) for k in header[len(fields) :]):
+            return header
+    raise ValueError(f"{path} has the header {','.join(header)!r}; {expected} (or an older version's, without "
+                     "skipped); nothing was trained or written: move it aside to resume with a new log")  # fmt: skip
+
+
 def truncate_log(path: Path, step: int) -> None:
     """Drop log rows after ``step`` (a resumed run writes them again) and a last row
-    torn by a crash (no line end); with ``step`` 0, the header too."""
-    if not path.exists():
+    torn by a crash (no line end); with ``step`` 0, the header too. A log of an older
+    version gets this version's columns, empty in its rows. The file is replaced
+    atomically; a log :func:`log_header` refuses is left as it is."""
+    header = log_header(path)
+    if header is None:
         return
     lines = path.read_text().splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines.pop()
-    rows = list(csv.reader(lines))
-    keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[0]) <= step] if rows and step else []
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
+    fields = header if header[: len(LOG_FIELDS)] == LOG_FIELDS else LOG_FIELDS + header[len(OLD_LOG_FIELDS) :]
+    keep = [fields] if step else []
+    for number, row in enumerate(csv.reader(lines[1:]), start=2):
+        if not step or len(row) != len(header):
+            continue
+        if not row[0].isdigit():
+            raise ValueError(f"{path}, line {number}: the step is {row[0]!r}; expected a whole number")
+        if int(row[0]) <= step:
+            values = dict(zip(header, row))
+            keep.append([values.get(k, "") for k in fields])
+    text = io.StringIO()
+    csv.writer(text).writerows(keep)
+    replace_atomically(path, lambda f: f.write(text.getvalue().encode()))
 
 
 class ProgressBar(Callback):

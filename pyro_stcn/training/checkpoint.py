@@ -7,20 +7,23 @@ unpickling arbitrary objects.
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write ``state`` to ``path`` so that a crash leaves the old file or the new one,
-    never half of one: write a temporary file beside it, sync, rename, sync the folder.
-    A failed write (a full disk) removes its temporary file."""
+def replace_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` with ``write(file)`` so that a crash leaves the old file or the new
+    one, never half of one: write a temporary file beside it, sync, rename, sync the
+    folder. A failed write (a full disk) removes its temporary file. Checkpoints, the
+    log when it is cut back or migrated, and ``config.json`` when it changes are written so."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,6 +35,11 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically (:func:`replace_atomically`)."""
+    replace_atomically(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

@@ -43,8 +43,14 @@ class TrainConfig:
                                f"(0, 1], got {self.lr_decay:g}")  # fmt: skip
         if self.budget is not None and not 0 < self.budget < math.inf:
             raise SettingError(f"<budget>: expected a positive number of seconds, got {self.budget:g}")
-        if not 0 <= self.seed < 2**32:
-            raise SettingError(f"<seed>: expected a whole number from 0 to 2**32 - 1, got {self.seed}")
+        check_seed(self.seed)
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a seed that numpy's and torch's generators would not both take as it is
+    (numpy refuses a negative one in its own words, torch wraps it around)."""
+    if not 0 <= seed < 2**32:
+        raise SettingError(f"<seed>: expected a whole number from 0 to 2**32 - 1, got {seed}")
 
 
 @dataclass

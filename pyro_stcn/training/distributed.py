@@ -161,11 +161,11 @@ def from_main(obj):
     return box[0]
 
 
-def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` is true on any rank (``flag`` itself in a plain process): a
+def largest(value: int) -> int:
+    """The largest of ``value`` over the ranks (``value`` itself in a plain process): a
     signal that reached one rank stops all of them after the same step."""
     if not active():
-        return flag
-    box = torch.tensor([float(flag)], device=_collective_device())
+        return value
+    box = torch.tensor([value], dtype=torch.int64, device=_collective_device())
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
-    return bool(box.item())
+    return int(box.item())

@@ -25,9 +25,10 @@ validation, when a callback asks (:class:`~pyro_stcn.training.callbacks.Periodic
 and when a signal stops the run; a run resumes from it exactly: parameters, optimizer,
 learning rate, random state and the batch stream all continue where they were.
 
-What a user can count on: SIGTERM or SIGINT lets the current step finish, writes
-``last.pt`` and raises :class:`~pyro_stcn.training.signals.Interrupted` (under torchrun
-every rank stops after the same step); a step whose loss or gradient norm is not
+What a user can count on: a stop signal (SIGTERM, SIGINT, SIGHUP, SIGUSR1 or SIGUSR2:
+:mod:`pyro_stcn.training.signals`) lets the current step finish, writes ``last.pt`` and
+raises :class:`~pyro_stcn.training.signals.Interrupted` (under torchrun every rank stops
+after the same step); a step whose loss or gradient norm is not
 finite makes no update and is counted, and too many in a row, or an exploding
 validation, raise :class:`~pyro_stcn.training.guard.Diverged` with the last good
 checkpoints kept.
@@ -88,7 +89,7 @@ def train(
     ``run_dir/last.pt`` exists the run resumes from it. In a process group
     (``torchrun``), each rank trains on its shard of every batch.
 
-    Raises :class:`~pyro_stcn.training.signals.Interrupted` after SIGTERM or SIGINT
+    Raises :class:`~pyro_stcn.training.signals.Interrupted` after a stop signal
     (``last.pt`` written) and :class:`~pyro_stcn.training.guard.Diverged` when training
     diverges (the last good checkpoints kept).
     """
@@ -288,7 +289,8 @@ class Trainer:
         # the step's one read from the device: everything logged and decided on, at once
         values = distributed.mean(torch.stack([value.double() for value in figures.values()]))
         figures = dict(zip(figures, values))
-        finite = math.isfinite(figures["loss"]) and math.isfinite(figures.pop("norm"))
+        norm = figures.pop("norm")  # decided on, not logged
+        finite = math.isfinite(figures["loss"]) and math.isfinite(norm)
         if finite:
             self.optimizer.step()
         self.scheduler.step()  # the learning rate is a function of the step, skipped or not
