@@ -7,7 +7,6 @@ Each torchrun is launched with ``--standalone`` (a free port of its own) and
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -135,12 +134,12 @@ def test_a_latent_run_of_two_processes_stopped_and_resumed_matches_an_uninterrup
 
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     """SIGUSR1 to rank 1 alone as step 2 ends (a signal that reached one node): rank 0
-    stops after step 2 too, saves it, says so once and exits with 128 + SIGUSR1 (torchrun
-    then ends the job; rank 1, stopped with it, may be ended by torchrun first)."""
+    stops after step 2 too, saves it and says so once. (Which rank's exit torchrun then
+    reports depends on which ends first: rank 1 may be aborted by its process group as
+    rank 0 leaves, so the test does not read torchrun's summary.)"""
     out = tmp_path / "run"
     done = torchrun([*WAVENET, "--steps", "6", "--valid-every", "6", "--out", str(out)], faults="sigusr1@2:1")
     assert done.stderr.count(f"stopped by SIGUSR1 after step 2; saved {out / 'last.pt'}") == 1, done.stderr
-    assert f"rank      : 0 (local_rank: 0)\n  exitcode  : {128 + signal.SIGUSR1} " in done.stderr, done.stderr
     assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 2
     assert [r["step"] for r in log_rows(out)] == ["1", "2"]
 
