@@ -9,9 +9,10 @@ parameters, the state dict and the checkpoints stay as they are). Compiled kerne
 in another order, so losses agree with the uncompiled ones to float32 rounding
 (``tests/test_compiled.py``).
 
-Whether it pays depends on the machine: on a GPU, fusing the gate's elementwise work
-saves memory traffic; on a CPU the convolutions dominate and compiling can be slower
-(docs/guides/speed.md measures it with ``bench steps --compile``).
+Whether it pays depends on the machine. On this project's CPU it did not (the step took
+1.10 and 1.01 times as long compiled: docs/guides/speed.md, ``bench steps --compile``);
+it is meant for GPUs, where fusing the gates' elementwise work may save memory traffic,
+and no GPU has measured it yet.
 
 Where the platform cannot compile (no C++ compiler for inductor's CPU code, no Triton
 for a GPU, a Python that dynamo does not support), :func:`compile_networks` leaves the

@@ -40,11 +40,11 @@ def draw_from(draw: Draw, name: str, source: torch.nn.Module, *inputs: Tensor | 
 
 def sampler(generate: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Decorates a model's ``generate(self, ...)``: no gradients, and Pyro's validation
-    off while it runs (whatever the caller set, a custom ``draw`` included). The
-    distributions built at each step get their parameters from the model's own networks,
-    and at batch 1 checking them costs about a sixth of a step's operations (measured on
-    STCN-dense: 974 operator calls per step's latents and output with validation, 829
-    without). What validation caught is checked instead, each time with a
+    off while it runs (whatever the caller set), for a custom ``draw``, which gets
+    distributions built at every step from the model's own networks: at batch 1 checking
+    them cost about a sixth of a step's operations (measured on STCN-dense before the
+    default draw stopped building them: 974 operator calls per step's latents and output
+    with validation, 829 without). What validation caught is checked instead, each time with a
     ``ValueError``: the weights before (one read from the device; the error names the
     parameter), the prime in :func:`start_sequences`, and outputs that overflow, during
     (torch refuses such parameters when it samples) or after (non-finite sequences)."""

@@ -7,9 +7,10 @@ functions here do it as one batched matrix product on ``[batch, channels, time]`
 (``torch.baddbmm``), copying neither input nor weights:
 
 - :func:`pointwise`: a 1x1 ``nn.Conv1d`` on ``[batch, channels, time]``. At up to 128
-  input channels its forward and backward take about 0.7 of ``F.conv1d``'s time on a
-  CPU; from 256 on, ``F.conv1d`` is as fast or faster, so wider ones stay convolutions
-  (measured by ``scripts/layout_study.py``).
+  input channels its forward and backward took 0.51 to 0.95 of ``F.conv1d``'s time on
+  this project's CPU with two threads; at 256 the two were within noise of each other
+  (0.89 with two threads, 1.02 with one) and at 512 equal, so wider ones stay
+  convolutions (``scripts/layout_study.py``, docs/guides/speed.md).
 - :class:`ChannelLinear`: an ``nn.Linear`` that, given a transposed view of a
   contiguous ``[batch, channels, time]`` tensor, multiplies in that layout instead of
   letting ``F.linear`` copy the input to ``[batch, time, channels]`` first; its output
