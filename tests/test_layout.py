@@ -1,6 +1,7 @@
-"""The 1x1 maps in the convolutions' layout (pyro_stcn.nets.pointwise) compute what
-``F.conv1d`` and ``F.linear`` compute, to float32 rounding: each piece, and every
-model's loss and gradients, against the previous computation in float64.
+"""The 1x1 maps in the convolutions' layout (pyro_stcn.nets.pointwise) and the
+upsampling blocks' phases compute what ``F.conv1d``, ``F.linear`` and
+``ConvTranspose1d`` compute, to float32 rounding: each piece, and every model's loss
+and gradients, against the previous computation in float64.
 
 Tolerances: float32 carries about 7 significant digits and these sums run over at
 most a few thousand terms, so results may differ from float64 by a relative 1e-5 of
@@ -19,6 +20,7 @@ from pyro_stcn.models import MSSTCNConfig
 from pyro_stcn.models.wavenet import WavenetConfig
 from pyro_stcn.nets import pointwise
 from pyro_stcn.nets.pointwise import ChannelLinear
+from pyro_stcn.nets.trunk import GatedBlock, gated
 from pyro_stcn.runs.registry import default_guide, make_guide, make_model
 from tests.conftest import latents_of, loss_and_grads_at, ragged_batch, tiny_config
 
@@ -50,10 +52,31 @@ def test_channel_linear_reads_transposed_views_and_equals_linear():
         assert y.shape == reference.shape and y.is_contiguous() and close(y, reference)
 
 
+def _transposed(block: GatedBlock, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """An upsampling block as the previous version computed it: ``ConvTranspose1d``, and
+    the skip repeated before its 1x1 map."""
+    skip = x.repeat_interleave(block.up, dim=-1)
+    skip = skip if isinstance(block.res, nn.Identity) else block.res(skip)
+    return skip + block.out(gated(block.conv(inputs)))
+
+
+@pytest.mark.parametrize("res", [False, True])
+def test_upsampling_phases_equal_the_transposed_convolution(res):
+    torch.manual_seed(0)
+    block = GatedBlock(5 if res else 4, 4, kernel=1, up=3, cond_channels=2).double()
+    x, cond = torch.randn(2, block.conv.in_channels - 2, 6, dtype=torch.float64), torch.randn(2, 2, 6).double()
+    y = block(x, cond)
+    assert y.shape == (2, 4, 18) and close(y, _transposed(block, x, torch.cat([x, cond], 1)), rtol=1e-12)
+    block.conv.weight.data = block.conv.weight.data.roll(1, dims=-1)  # the phases in another order
+    assert not close(y, _transposed(block, x, torch.cat([x, cond], 1)), rtol=1e-3)
+
+
 def _as_before(monkeypatch) -> None:
-    """The 1x1 maps as the previous version computed them: F.conv1d and F.linear."""
+    """The 1x1 maps as the previous version computed them: F.conv1d and F.linear; and
+    upsampling blocks by ``ConvTranspose1d``."""
     monkeypatch.setattr(pointwise, "WIDEST_AS_PRODUCT", -1)
     monkeypatch.setattr(ChannelLinear, "forward", nn.Linear.forward)
+    monkeypatch.setattr(GatedBlock, "upsample", _transposed)
 
 
 MODELS = {

@@ -278,7 +278,7 @@ class Trainer:
                 loss = self.loss(x, mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # in DDP: the gradients all-reduced to their mean over ranks
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm, foreach=True)
         kl = self.objective.kl  # detached 0-dim tensors on the device
         figures = {
             "loss": loss.detach(),
