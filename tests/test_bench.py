@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import run
+from pyro_stcn.bench import authors
 from pyro_stcn.bench.handwritten import ms_stcn_independent_loss, stcn_ladder_loss
 from pyro_stcn.inference.objectives import LayerwiseELBO, LinearFreeBitsELBO
 from pyro_stcn.models import MS_STCN_LAYOUTS, STCNConfig
@@ -79,7 +80,8 @@ default_model_options_iamondb = {
     "vae_options": {
         "default_ar_layer": {"latent_size": 2, "size_multiplier": 2, "stride": 1,
                              "inf_pre_options": {"dilation": (1,)}},
-        "ar_layers_options": [{}, {"stride": 2, "inf_pre_options": {"dilation": (1, 2)}}],
+        "ar_layers_options": [{}, {"stride": 2}, {"stride": 2}, {"stride": 2},
+                              {"inf_pre_options": {"dilation": (1, 2)}}],
     },
     "pred_options": {"type": "combination", "sub_dists": [{"type": "bernoulli", "output_size": 1},
                                                            {"type": "normal", "output_size": 2}]},
@@ -177,19 +179,37 @@ def test_bench_authors_times_a_stand_in_beside_ours_and_leaves_the_imports_as_th
     out = capsys.readouterr().out
     assert out.startswith(f"pyro-stcn bench authors --authors {checkout} --quick --clock wall: medians of 1 ")
     assert "threads; torch" in out.splitlines()[0]
-    rows = {r[2].strip(): [c.strip() for c in r] for r in map(lambda line: line.split("|"), out.splitlines())
-            if len(r) == 7 and r[1].strip() in ("authors'", "ours")}  # fmt: skip
-    assert list(rows) == ["their IAM-OnDB options", "paper 2's IAM-OnDB layout", "paper 2's layout at their sizes"]
-    assert rows["their IAM-OnDB options"][3] == "24"  # the stand-in's Conv1d(3, 6, 1)
-    assert int(rows["paper 2's IAM-OnDB layout"][3].replace(",", "")) > 100_000
-    theirs = float(rows["their IAM-OnDB options"][4])
-    for name in ("paper 2's IAM-OnDB layout", "paper 2's layout at their sizes"):
-        seconds, ratio = float(rows[name][4]), float(rows[name][5])
+    cells = [[c.strip() for c in line.split("|")] for line in out.splitlines()]
+    rows = {(r[1], r[2]): r for r in cells if len(r) == 7 and r[1] in ("authors'", "ours")}
+    shipped, paper = "their IAM-OnDB options", "paper 2's IAM-OnDB layout"
+    assert list(rows) == [("authors'", shipped), ("authors'", paper), ("ours", paper), ("ours", shipped)]
+    assert rows["authors'", shipped][3] == rows["authors'", paper][3] == "24"  # the stand-in's Conv1d(3, 6, 1)
+    assert int(rows["ours", paper][3].replace(",", "")) > 100_000
+    for network in (shipped, paper):  # each of ours against theirs built alike
+        theirs = float(rows["authors'", network][4])
+        seconds, ratio = float(rows["ours", network][4]), float(rows["ours", network][5])
         # ours ÷ theirs, from unrounded seconds: within the printed ones' rounding (±0.0005 s)
         assert (seconds - 5e-4) / (theirs + 5e-4) <= ratio <= (seconds + 5e-4) / max(theirs - 5e-4, 1e-9)
         assert ratio > 2  # a 24-parameter stand-in is much faster than our networks
-    assert "| widths * | 4, 4 | 64, 64, 64, 64, 64 |" in out
+        assert rows["authors'", network][5] == "—"
+    assert "| widths * | 4, 4, 4, 4, 4 | 64, 64, 64, 64, 64 |" in out
     assert "| Gaussian components of p(dx, dy) * | 1 | 10 |" in out
     assert sys.modules["model"] is ours and not [name for name in sys.modules if name.startswith("model.")]
     assert "default_options" not in sys.modules and sys.path == path
     assert not list(checkout.rglob("__pycache__")) and sys.dont_write_bytecode is False
+
+
+def test_their_options_take_paper_2s_widths_and_components_and_nothing_else():
+    namespace = {}
+    exec(STAND_IN["default_options.py"], namespace)
+    shipped = namespace["default_model_options_iamondb"]
+    wanted = {"widths": [64] * 5, "Gaussian components of p(dx, dy)": 10}
+    changed = authors.with_sizes(shipped, wanted)
+    assert authors.their_sizes(changed) == {**authors.their_sizes(shipped), **wanted}
+    mixture = {"type": "normal_mixture", "output_size": 2, "n_components": 10}
+    assert changed["pred_options"]["sub_dists"] == [{"type": "bernoulli", "output_size": 1}, mixture]
+    assert authors.their_sizes(shipped)["widths"] == [4] * 5  # the shipped options are left as they were
+    back = authors.with_sizes(changed, {"widths": [4] * 5, "Gaussian components of p(dx, dy)": 1})
+    assert back["pred_options"] == shipped["pred_options"] and authors.their_sizes(back) == authors.their_sizes(shipped)
+    with pytest.raises(ValueError, match="their options have 5 layers; the sizes give 2"):
+        authors.with_sizes(shipped, {"widths": [64] * 2, "Gaussian components of p(dx, dy)": 10})

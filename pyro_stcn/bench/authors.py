@@ -21,10 +21,13 @@ loader gives it, channels first in their order (pen, dx, dy), with every length 
   ``clip_grad_value_`` then ``clip_grad_norm_``, Adam's step, and ``loss.item()`` for
   their running mean. Their model, optimizer and training options are those their
   ``default_options.py`` ships for IAM-OnDB (``default_model_options_iamondb``).
+  Where those options' sizes differ from paper 2's, their model is built a second time
+  at paper 2's widths and Gaussian components (:func:`with_sizes`).
 - Ours (:meth:`pyro_stcn.training.loop.Trainer.step`): the whole training step,
   in paper 2's IAM-OnDB layout (``models/ms_stcn_layouts.py``) with the independent guide
   under linear free bits, λ as the MS-STCN preset schedules it (the authors' schedule too);
   and, where their sizes differ from ours, the same step of our model built at their sizes.
+  Each of our steps is set against theirs built alike.
 
 Every time is the median of interleaved repeats (:func:`pyro_stcn.bench.benchmark.interleaved`).
 """
@@ -33,6 +36,7 @@ import copy
 import dataclasses
 import importlib
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,7 +133,9 @@ class TheirStep:
         s.freebits *= fb["scheduler"]["decay_rate"] ** (1.0 / fb["scheduler"]["decay_steps"])
         s.annealing = min(1.0, s.annealing + 1.0 / o["annealing_options"]["scheduler"]["rate"])
         s.optimizer.zero_grad()
-        out = self.model(self.x, lengths=self.lengths, iw_samples=o["iw_samples"])
+        with warnings.catch_warnings():  # their mixture of Gaussians warns that it lacks arg_constraints
+            warnings.filterwarnings("ignore", message=".*does not define `arg_constraints`")
+            out = self.model(self.x, lengths=self.lengths, iw_samples=o["iw_samples"])
         loss = self.loss(self.x, *out, self.lengths, o["iw_samples"], s.annealing, s.freebits, fb,
                          ll_normalization=self.options["ll_normalization"],
                          ind_latentstate=self.options["ind_latentstate"])  # fmt: skip
@@ -140,10 +146,11 @@ class TheirStep:
         return loss.item()  # their loop reads it every step, for its running mean
 
 
-def their_step(directory: Path, x: Tensor, device: torch.device) -> TheirStep:
+def their_step(directory: Path, x: Tensor, device: torch.device, sizes: dict | None = None) -> TheirStep:
     """The authors' IAM-OnDB model and training step from their checkout at ``directory``,
-    on our batch ``x [B, T, (dx, dy, pen)]``, checked by one step. Their model's
-    weights are drawn from ``torch.manual_seed(0)``, as ours are in the benchmark."""
+    on our batch ``x [B, T, (dx, dy, pen)]``, checked by one step: their IAM-OnDB model
+    options as shipped, or with ``sizes`` (:func:`with_sizes`). Their model's weights are
+    drawn from ``torch.manual_seed(0)``, as ours are in the benchmark."""
     check_checkout(directory)
     xs = x[..., [2, 0, 1]].transpose(1, 2).contiguous()  # their order and layout: [B, (pen, dx, dy), T]
     lengths = torch.full((len(x),), x.shape[1], dtype=torch.long, device=device)
@@ -160,6 +167,8 @@ def their_step(directory: Path, x: Tensor, device: torch.device) -> TheirStep:
         options["model_options"] = copy.deepcopy(shipped.default_model_options_iamondb)
         train = options["train_options"]
         try:
+            if sizes is not None:
+                options["model_options"] = with_sizes(options["model_options"], sizes)
             torch.manual_seed(0)
             model = Model(n_channels=xs.shape[1], statistics=_batch_statistics(xs),
                           **copy.deepcopy(options["model_options"])).to(device)  # fmt: skip
@@ -169,7 +178,8 @@ def their_step(directory: Path, x: Tensor, device: torch.device) -> TheirStep:
                                init_lr=train["init_lr"], init_freebits=train["freebits_options"]["init_threshold"],
                                init_annealing=train["annealing_options"]["init_annealing"])  # fmt: skip
         except Exception as e:
-            raise _refuse(directory, f"building their IAM-OnDB model failed: {type(e).__name__}: {e}") from None
+            what = "their IAM-OnDB model" + ("" if sizes is None else " at paper 2's sizes")
+            raise _refuse(directory, f"building {what} failed: {type(e).__name__}: {e}") from None
     step = TheirStep(model, state, options, loss, xs, lengths)
     try:
         step()
@@ -201,6 +211,27 @@ def their_sizes(model_options: dict) -> dict[str, object]:
         "bottom-up dilations": [list(lay["inf_pre_options"]["dilation"]) for lay in layers],
         "Gaussian components of p(dx, dy)": components[0],
     }
+
+
+def with_sizes(model_options: dict, sizes: dict[str, object]) -> dict:
+    """Their model options with the widths and Gaussian components of ``sizes`` (as
+    :func:`their_sizes` gives them), all else as given: each layer's ``size``, which their
+    builders take before latent units × ``size_multiplier``, and p(dx, dy) a
+    ``normal_mixture`` of that many components (their ``normal`` where it is one)."""
+    options = copy.deepcopy(model_options)
+    layers = options["vae_options"]["ar_layers_options"]
+    if len(layers) != len(sizes["widths"]):
+        raise ValueError(f"their options have {len(layers)} layers; the sizes give {len(sizes['widths'])}")
+    for layer, width in zip(layers, sizes["widths"]):
+        layer["size"] = width
+    pred = options["pred_options"]
+    for dist in pred["sub_dists"] if pred["type"] == "combination" else [pred]:
+        if "normal" in dist["type"]:
+            components = sizes["Gaussian components of p(dx, dy)"]
+            dist["type"] = "normal_mixture" if components > 1 else "normal"
+            dist.pop("n_components", None)
+            dist.update({"n_components": components} if components > 1 else {})
+    return options
 
 
 def our_sizes(config: MSSTCNConfig) -> dict[str, object]:
@@ -238,6 +269,7 @@ class Contender:
     network: str
     parameters: int
     step: Callable[[], object]
+    against: str | None = None  # ours: the network of the authors' row built alike
 
 
 @dataclass
@@ -252,24 +284,28 @@ class Contest:
 
 
 def prepare(directory: Path, device: torch.device, quick: bool, run_dir: Path) -> Contest:
-    """Build the authors' step and ours (and ours at their sizes where they differ) on
-    one batch, B = 16, T = 1024 (``quick``: B = 2, T = 64, the networks at full size)."""
+    """Build the authors' step and ours on one batch, B = 16, T = 1024 (``quick``: B = 2,
+    T = 64, the networks at full size), each in both layouts where their shipped IAM-OnDB
+    options differ from paper 2's: theirs as shipped and at paper 2's sizes
+    (:func:`with_sizes`), ours in paper 2's layout and at their sizes, so that each of our
+    steps is set against theirs built alike."""
     setup = ms_stcn_setup(device)
     batch = QUICK if quick else (setup.batch_size, setup.length)
     x, mask = setup.batch(*batch, device)
     theirs = their_step(directory, x, device)
-    sizes = their_sizes(theirs.options["model_options"])
-    contenders = [
-        Contender("authors'", "their IAM-OnDB options", parameter_count(theirs.model), theirs),
-        Contender("ours", "paper 2's IAM-OnDB layout", parameter_count(setup.model, setup.guide),
-                  our_step(setup, x, mask, run_dir / "ours", device)),
-    ]  # fmt: skip
-    ours = our_sizes(setup.model.config)
+    sizes, ours = their_sizes(theirs.options["model_options"]), our_sizes(setup.model.config)
+    shipped, paper = "their IAM-OnDB options", "paper 2's IAM-OnDB layout"
+    contenders = [Contender("authors'", shipped, parameter_count(theirs.model), theirs)]
+    if sizes != ours:
+        alike = their_step(directory, x, device, sizes=ours)
+        contenders.append(Contender("authors'", paper, parameter_count(alike.model), alike))
+    step = our_step(setup, x, mask, run_dir / "ours", device)
+    size = parameter_count(setup.model, setup.guide)
+    contenders.append(Contender("ours", paper, size, step, against=contenders[-1].network))
     if sizes != ours:
         alike = ms_stcn_setup(device, config=at_sizes(setup.model.config, sizes))
-        size = parameter_count(alike.model, alike.guide)
         step = our_step(alike, x, mask, run_dir / "alike", device)
-        contenders.append(Contender("ours", "paper 2's layout at their sizes", size, step))
+        contenders.append(Contender("ours", shipped, parameter_count(alike.model, alike.guide), step, against=shipped))
     their_batch = (theirs.options["train_options"]["batch_size"], theirs.options["iamondb_options"]["seq_len_train"])
     sizes = {k: (sizes[k], ours[k]) for k in sizes}
     return Contest(batch, their_batch, contenders, sizes, _settings(theirs.options))
@@ -289,9 +325,9 @@ def _settings(options: dict) -> dict[str, tuple[str, str]]:
     }  # fmt: skip
 
 
-def run(contest: Contest, repeats: int) -> dict[str, float]:
-    """Median seconds of each contender's step, keyed by its row's network."""
-    return interleaved({c.network: c.step for c in contest.contenders}, repeats)
+def run(contest: Contest, repeats: int) -> dict[tuple[str, str], float]:
+    """Median seconds of each contender's step, keyed by its row's (name, network)."""
+    return interleaved({(c.name, c.network): c.step for c in contest.contenders}, repeats)
 
 
 def _show(value: object) -> str:
@@ -300,21 +336,23 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def print_contest(contest: Contest, seconds: dict[str, float], out: Callable[[str], None] = print) -> None:
-    """What each step does, the steps' table (parameters, median seconds, ours ÷ authors'),
-    then where the two differ."""
+def print_contest(
+    contest: Contest, seconds: dict[tuple[str, str], float], out: Callable[[str], None] = print
+) -> None:
+    """What each step does, the steps' table (parameters, median seconds, each of ours ÷
+    the authors' built alike), then where their shipped options and paper 2's differ."""
     (batch, length), (their_batch, their_length) = contest.batch, contest.their_batch
     out(f"\nMS-STCN training steps on one random handwriting batch, B = {batch}, T = {length} (their IAM-OnDB "
         f"options train at B = {their_batch}, T = {their_length}). Authors': their "
         "train.py's step (free bits and β updated, zero_grad, forward, calc_ll_estimate, backward, clip_grad_value_, "
         "clip_grad_norm_, Adam, loss.item()). Ours: Trainer.step (λ updated, zero_grad, the independent guide's "
         "linear-free-bits ELBO, backward, clip_grad_norm_, Adam, one read of the step's figures)")  # fmt: skip
-    theirs = seconds[contest.contenders[0].network]
-    out("| step | network | parameters | median step (s) | ours ÷ authors' |")
+    out("| step | network | parameters | median step (s) | ours ÷ authors' built alike |")
     out("|---|---|---|---|---|")
     for c in contest.contenders:
-        ratio = "—" if c is contest.contenders[0] else f"{seconds[c.network] / theirs:.2f}"
-        out(f"| {c.name} | {c.network} | {c.parameters:,} | {seconds[c.network]:.3f} | {ratio} |")
+        time, reference = seconds[c.name, c.network], seconds.get(("authors'", c.against))
+        ratio = "—" if reference is None else f"{time / reference:.2f}"
+        out(f"| {c.name} | {c.network} | {c.parameters:,} | {time:.3f} | {ratio} |")
     out("\nTheir IAM-OnDB options against ours (* where they differ)")
     out("| | authors' | ours |")
     out("|---|---|---|")
