@@ -20,7 +20,7 @@ from pyro_stcn.models import MSSTCNConfig
 from pyro_stcn.models.wavenet import WavenetConfig
 from pyro_stcn.nets import pointwise
 from pyro_stcn.nets.pointwise import ChannelLinear
-from pyro_stcn.nets.trunk import GatedBlock, gated
+from pyro_stcn.nets.trunk import GatedBlock, upsampled_by_transposed_conv
 from pyro_stcn.runs.registry import default_guide, make_guide, make_model
 from tests.conftest import latents_of, loss_and_grads_at, ragged_batch, tiny_config
 
@@ -52,23 +52,15 @@ def test_channel_linear_reads_transposed_views_and_equals_linear():
         assert y.shape == reference.shape and y.is_contiguous() and close(y, reference)
 
 
-def _transposed(block: GatedBlock, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """An upsampling block as the previous version computed it: ``ConvTranspose1d``, and
-    the skip repeated before its 1x1 map."""
-    skip = x.repeat_interleave(block.up, dim=-1)
-    skip = skip if isinstance(block.res, nn.Identity) else block.res(skip)
-    return skip + block.out(gated(block.conv(inputs)))
-
-
 @pytest.mark.parametrize("res", [False, True])
 def test_upsampling_phases_equal_the_transposed_convolution(res):
     torch.manual_seed(0)
     block = GatedBlock(5 if res else 4, 4, kernel=1, up=3, cond_channels=2).double()
     x, cond = torch.randn(2, block.conv.in_channels - 2, 6, dtype=torch.float64), torch.randn(2, 2, 6).double()
-    y = block(x, cond)
-    assert y.shape == (2, 4, 18) and close(y, _transposed(block, x, torch.cat([x, cond], 1)), rtol=1e-12)
+    y, inputs = block(x, cond), torch.cat([x, cond], 1)
+    assert y.shape == (2, 4, 18) and close(y, upsampled_by_transposed_conv(block, x, inputs), rtol=1e-12)
     block.conv.weight.data = block.conv.weight.data.roll(1, dims=-1)  # the phases in another order
-    assert not close(y, _transposed(block, x, torch.cat([x, cond], 1)), rtol=1e-3)
+    assert not close(y, upsampled_by_transposed_conv(block, x, inputs), rtol=1e-3)
 
 
 def _as_before(monkeypatch) -> None:
@@ -76,7 +68,7 @@ def _as_before(monkeypatch) -> None:
     upsampling blocks by ``ConvTranspose1d``."""
     monkeypatch.setattr(pointwise, "WIDEST_AS_PRODUCT", -1)
     monkeypatch.setattr(ChannelLinear, "forward", nn.Linear.forward)
-    monkeypatch.setattr(GatedBlock, "upsample", _transposed)
+    monkeypatch.setattr(GatedBlock, "upsample", upsampled_by_transposed_conv)
 
 
 MODELS = {

@@ -84,8 +84,8 @@ class GatedBlock(nn.Module):
         j at step k, a 1x1 block whose gate map is the transposed conv's tap j. The s
         phases' gate maps run as one product, and the phases are interleaved once, at the
         end, where the skip (the input repeated s times) is a broadcast. The same sums as
-        ``ConvTranspose1d``; forward and backward of a block took 0.78 to 0.85 of that
-        version's time on this project's CPU (docs/guides/speed.md)."""
+        ``ConvTranspose1d``; a block's forward and backward took 0.74 to 0.77 of that
+        version's time on this project's CPU (``scripts/layout_study.py``)."""
         (batch, _, length), s, w = inputs.shape, self.up, self.conv.weight  # w: [in, 2C, s]
         weight = w.permute(2, 1, 0).reshape(s * w.shape[1], w.shape[0])  # rows (phase j, channel)
         bias = self.conv.bias.repeat(s)[None, :, None]
@@ -152,6 +152,15 @@ class BlockStepper:
             self.queue[p % self.pad] = x  # after reading: that slot held position p - pad
         self.position = p + 1
         return y
+
+
+def upsampled_by_transposed_conv(block: GatedBlock, x: Tensor, inputs: Tensor) -> Tensor:
+    """What :meth:`GatedBlock.upsample` computes, as ``ConvTranspose1d`` computes it, the
+    skip repeated before its 1x1 map: the reference that ``tests/test_layout.py`` and
+    ``scripts/layout_study.py`` hold it against."""
+    skip = x.repeat_interleave(block.up, dim=-1)
+    skip = skip if isinstance(block.res, nn.Identity) else block.res(skip)
+    return skip + block.out(gated(block.conv(inputs)))
 
 
 def gated(a: Tensor) -> Tensor:
