@@ -78,10 +78,10 @@ STAND_IN = {
     "default_options.py": """
 default_model_options_iamondb = {
     "vae_options": {
-        "default_ar_layer": {"latent_size": 2, "size_multiplier": 2, "stride": 1,
-                             "inf_pre_options": {"dilation": (1,)}},
-        "ar_layers_options": [{}, {"stride": 2}, {"stride": 2}, {"stride": 2},
-                              {"inf_pre_options": {"dilation": (1, 2)}}],
+        "default_ar_layer": {"latent_size": 8, "size_multiplier": 2, "stride": 1,
+                             "inf_pre_options": {"dilation": (1, 1, 1, 1)}},
+        "ar_layers_options": [{}, {"stride": 2}, {"stride": 2}, {"latent_size": 4, "stride": 2},
+                              {"latent_size": 2, "inf_pre_options": {"dilation": (1, 2, 4, 8)}}],
     },
     "pred_options": {"type": "combination", "sub_dists": [{"type": "bernoulli", "output_size": 1},
                                                            {"type": "normal", "output_size": 2}]},
@@ -108,6 +108,7 @@ class Model(nn.Module):
     def __init__(self, n_channels, statistics, vae_options, pred_options):
         super().__init__()
         from model.base import calc_ll_estimate  # noqa: F401  (theirs imports inside functions too)
+        self.options = (vae_options, pred_options)  # what it was built with, for the tests to read
         self.shift = torch.tensor(statistics.mean, dtype=torch.float32)
         self.net = nn.Conv1d(n_channels, 2 * n_channels, 1)
 
@@ -192,7 +193,7 @@ def test_bench_authors_times_a_stand_in_beside_ours_and_leaves_the_imports_as_th
         assert (seconds - 5e-4) / (theirs + 5e-4) <= ratio <= (seconds + 5e-4) / max(theirs - 5e-4, 1e-9)
         assert ratio > 2  # a 24-parameter stand-in is much faster than our networks
         assert rows["authors'", network][5] == "—"
-    assert "| widths * | 4, 4, 4, 4, 4 | 64, 64, 64, 64, 64 |" in out
+    assert "| widths * | 16, 16, 16, 8, 4 | 64, 64, 64, 64, 64 |" in out
     assert "| Gaussian components of p(dx, dy) * | 1 | 10 |" in out
     assert sys.modules["model"] is ours and not [name for name in sys.modules if name.startswith("model.")]
     assert "default_options" not in sys.modules and sys.path == path
@@ -203,13 +204,38 @@ def test_their_options_take_paper_2s_widths_and_components_and_nothing_else():
     namespace = {}
     exec(STAND_IN["default_options.py"], namespace)
     shipped = namespace["default_model_options_iamondb"]
-    wanted = {"widths": [64] * 5, "Gaussian components of p(dx, dy)": 10}
+    wanted = {**authors.their_sizes(shipped), "widths": [64] * 5, "Gaussian components of p(dx, dy)": 10}
     changed = authors.with_sizes(shipped, wanted)
-    assert authors.their_sizes(changed) == {**authors.their_sizes(shipped), **wanted}
+    assert authors.their_sizes(changed) == wanted
     mixture = {"type": "normal_mixture", "output_size": 2, "n_components": 10}
     assert changed["pred_options"]["sub_dists"] == [{"type": "bernoulli", "output_size": 1}, mixture]
-    assert authors.their_sizes(shipped)["widths"] == [4] * 5  # the shipped options are left as they were
-    back = authors.with_sizes(changed, {"widths": [4] * 5, "Gaussian components of p(dx, dy)": 1})
+    assert authors.their_sizes(shipped)["widths"] == [16, 16, 16, 8, 4]  # the shipped options left as they were
+    back = authors.with_sizes(changed, authors.their_sizes(shipped))
     assert back["pred_options"] == shipped["pred_options"] and authors.their_sizes(back) == authors.their_sizes(shipped)
     with pytest.raises(ValueError, match="their options have 5 layers; the sizes give 2"):
-        authors.with_sizes(shipped, {"widths": [64] * 2, "Gaussian components of p(dx, dy)": 10})
+        authors.with_sizes(shipped, {**wanted, "widths": [64] * 2})
+    with pytest.raises(ValueError, match="differ from those sizes in latent units, strides, which only widths"):
+        authors.with_sizes(shipped, {**wanted, "latent units": [8] * 5, "strides": [1] * 5})
+
+
+def test_each_of_our_steps_is_set_against_theirs_built_alike(tmp_path):
+    """prepare: their model built as shipped and at paper 2's sizes, ours in paper 2's
+    layout and at their sizes, each of ours paired with theirs of the same network; and
+    print_contest divides by that one."""
+    checkout = stand_in(tmp_path / "MS-STCN")
+    contest = authors.prepare(checkout, torch.device("cpu"), True, tmp_path / "runs")
+    shipped, paper = "their IAM-OnDB options", "paper 2's IAM-OnDB layout"
+    rows = [(c.name, c.network, c.against) for c in contest.contenders]
+    assert rows == [("authors'", shipped, None), ("authors'", paper, None),
+                    ("ours", paper, paper), ("ours", shipped, shipped)]  # fmt: skip
+    built = [authors.their_sizes(dict(zip(("vae_options", "pred_options"), c.step.model.options)))
+             for c in contest.contenders[:2]]  # fmt: skip
+    assert built[0]["widths"] == [16, 16, 16, 8, 4] and built[0]["Gaussian components of p(dx, dy)"] == 1
+    assert built[1]["widths"] == [64] * 5 and built[1]["Gaussian components of p(dx, dy)"] == 10
+    assert contest.contenders[3].step is not contest.contenders[2].step
+    seconds = {("authors'", shipped): 0.5, ("authors'", paper): 0.8, ("ours", paper): 0.4, ("ours", shipped): 0.45}
+    lines = []
+    authors.print_contest(contest, seconds, out=lines.append)
+    ratios = {(r[1], r[2]): r[5] for r in ([c.strip() for c in line.split("|")] for line in lines) if len(r) == 7}
+    assert ratios[("ours", paper)] == "0.50" and ratios[("ours", shipped)] == "0.90"
+    assert ratios[("authors'", shipped)] == ratios[("authors'", paper)] == "—"

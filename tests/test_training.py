@@ -1,6 +1,7 @@
 """Training: the README's SVI snippet, the shared trunk, checkpoints and resumption,
 and a short run on real digits that beats an honest reference."""
 
+import copy
 import csv
 import dataclasses
 from pathlib import Path
@@ -18,6 +19,7 @@ from pyro_stcn.models import STCNConfig
 from pyro_stcn.runs.registry import make_guide, make_model
 from pyro_stcn.training import CSVLog, TrainConfig, TrainState, train
 from pyro_stcn.training.checkpoint import load_checkpoint
+from pyro_stcn.training.optimizer import adam, load_adam_state
 
 SMALL = STCNConfig(x_dim=1, likelihood="bernoulli", z_dims=[8, 4, 4, 2], channels=16, blocks=4, hidden=16)
 
@@ -249,3 +251,34 @@ def test_a_time_budget_stops_training_and_a_resumed_run_spends_only_the_rest(dig
     assert longer.out_of_time and longer.last_step > first.last_step and 2.0 <= longer.seconds < 30
     _, _, by_steps = _train(digits, tmp_path / "steps", steps=3, valid_every=10**6, budget=60.0)
     assert by_steps.last_step == 3 and not by_steps.out_of_time
+
+
+def test_a_checkpoint_of_unfused_adam_resumes_fused_with_the_same_update():
+    """A run saved before Adam ran fused resumes fused (``load_state_dict`` alone would
+    copy the saved ``fused=None`` into every group), and its next update is the unfused
+    one's to float rounding."""
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+
+    def step(optimizer):
+        optimizer.zero_grad()
+        (weights[0].sin().sum() + weights[1].square().sum()).backward()
+        optimizer.step()
+
+    old = torch.optim.Adam(weights, lr=0.1)  # as runs trained before this version
+    for _ in range(3):
+        step(old)
+    saved, start = copy.deepcopy(old.state_dict()), [w.detach().clone() for w in weights]
+    step(old)
+    unfused = [w.detach().clone() for w in weights]
+
+    with torch.no_grad():
+        for w, s in zip(weights, start):
+            w.copy_(s)
+    resumed, _ = adam([{"params": weights, "lr": 0.1}], 0.1, 1.0, 1)
+    load_adam_state(resumed, saved)
+    assert [g["fused"] for g in resumed.param_groups] == [True]
+    assert all(resumed.state[w]["step"].dtype == torch.float32 for w in weights)
+    step(resumed)
+    for w, u in zip(weights, unfused):
+        assert torch.allclose(w, u, rtol=1e-6, atol=1e-7)

@@ -217,7 +217,9 @@ def with_sizes(model_options: dict, sizes: dict[str, object]) -> dict:
     """Their model options with the widths and Gaussian components of ``sizes`` (as
     :func:`their_sizes` gives them), all else as given: each layer's ``size``, which their
     builders take before latent units × ``size_multiplier``, and p(dx, dy) a
-    ``normal_mixture`` of that many components (their ``normal`` where it is one)."""
+    ``normal_mixture`` of that many components (their ``normal`` where it is one). Where
+    the options differ from ``sizes`` in anything else (latent units, strides,
+    dilations), it refuses: the result would not be the layout ``sizes`` describes."""
     options = copy.deepcopy(model_options)
     layers = options["vae_options"]["ar_layers_options"]
     if len(layers) != len(sizes["widths"]):
@@ -231,6 +233,10 @@ def with_sizes(model_options: dict, sizes: dict[str, object]) -> dict:
             dist["type"] = "normal_mixture" if components > 1 else "normal"
             dist.pop("n_components", None)
             dist.update({"n_components": components} if components > 1 else {})
+    differ = [what for what, value in their_sizes(options).items() if value != sizes[what]]
+    if differ:
+        raise ValueError(f"their options differ from those sizes in {', '.join(differ)}, which only widths and "
+                         "Gaussian components can be set to")  # fmt: skip
     return options
 
 

@@ -63,7 +63,7 @@ from pyro_stcn.training.callbacks import Callback
 from pyro_stcn.training.checkpoint import load_checkpoint, save_checkpoint
 from pyro_stcn.training.config import TrainConfig, TrainResult, TrainState
 from pyro_stcn.training.guard import EXPLODED_NATS_PER_STEP, Diverged, Guard
-from pyro_stcn.training.optimizer import adam, param_groups
+from pyro_stcn.training.optimizer import adam, load_adam_state, param_groups
 from pyro_stcn.training.signals import Signals
 
 
@@ -247,7 +247,7 @@ class Trainer:
         if len(ckpt["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
             # saved before its module asked for a rate of its own (an IAF guide): resume as it trained
             self.build_optimizer([{"params": self.params, "lr": self.config.lr}])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_adam_state(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"])
         if ckpt["cuda_rng"] and torch.cuda.is_available():

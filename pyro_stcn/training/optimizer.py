@@ -31,6 +31,20 @@ def param_groups(modules: Iterable[nn.Module], lr: float) -> list[dict]:
     return [{"params": rest, "lr": lr}, *scaled]
 
 
+def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
+    """Load a saved Adam ``state`` into ``optimizer``, keeping the kernel it was built with:
+    ``load_state_dict`` copies each saved group's settings, and a checkpoint written before
+    Adam ran fused says ``fused=None``, which would quietly unfuse the resumed run. A fused
+    step also wants each parameter's step count on that parameter's device as float32."""
+    fused = [group["fused"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, was in zip(optimizer.param_groups, fused, strict=True):
+        group["fused"] = was
+        for p in group["params"] if was else []:
+            if "step" in optimizer.state.get(p, {}):
+                optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device, torch.float32)
+
+
 def adam(groups: list[dict], lr: float, decay: float, every: int):
     """Adam over ``groups`` and its schedule: every group's rate times decay^(step / every)."""
     # fused: one kernel per parameter, not a dozen (CPU and CUDA; the same update to float rounding)
