@@ -7,10 +7,10 @@ functions here do it as one batched matrix product on ``[batch, channels, time]`
 (``torch.baddbmm``), copying neither input nor weights:
 
 - :func:`pointwise`: a 1x1 ``nn.Conv1d`` on ``[batch, channels, time]``. At up to 128
-  input channels its forward and backward took 0.51 to 0.95 of ``F.conv1d``'s time on
-  this project's CPU with two threads; at 256 the two were within noise of each other
-  (0.89 with two threads, 1.02 with one) and at 512 equal, so wider ones stay
-  convolutions (``scripts/layout_study.py``, docs/guides/speed.md).
+  input channels its forward and backward took 0.51 to 1.07 of ``F.conv1d``'s time on
+  this project's CPU with two threads (two runs); at 256 0.88 to 0.89 (1.02 with one
+  thread) and at 512 1.00 and 1.25, so wider ones stay convolutions
+  (``scripts/layout_study.py``, docs/guides/speed.md).
 - :class:`ChannelLinear`: an ``nn.Linear`` that, given a transposed view of a
   contiguous ``[batch, channels, time]`` tensor, multiplies in that layout instead of
   letting ``F.linear`` copy the input to ``[batch, time, channels]`` first; its output
