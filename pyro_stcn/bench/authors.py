@@ -191,6 +191,12 @@ def their_step(directory: Path, x: Tensor, device: torch.device, sizes: dict | N
 # -- their sizes against ours ------------------------------------------------------------
 
 
+def _dists(pred_options: dict) -> list[dict]:
+    """Their predictive distribution's parts: the sub-distributions of a ``combination``,
+    else the one distribution."""
+    return pred_options["sub_dists"] if pred_options["type"] == "combination" else [pred_options]
+
+
 def their_sizes(model_options: dict) -> dict[str, object]:
     """Their layers' widths, latent units, strides, bottom-up dilations and Gaussian
     components of p(dx, dy), read from their model options as their builders read them
@@ -200,8 +206,7 @@ def their_sizes(model_options: dict) -> dict[str, object]:
     widths = [lay["size"] if lay.get("size") is not None else lay["latent_size"] * lay.get("size_multiplier", 8)
               for lay in layers]  # fmt: skip
     pred = model_options["pred_options"]
-    dists = pred["sub_dists"] if pred["type"] == "combination" else [pred]
-    components = [1 if d["type"] == "normal" else d.get("n_components") for d in dists if "normal" in d["type"]]
+    components = [1 if d["type"] == "normal" else d.get("n_components") for d in _dists(pred) if "normal" in d["type"]]
     if len(components) != 1 or components[0] is None:
         raise ValueError(f"their pred_options {pred} have no single normal or normal_mixture distribution")
     return {
@@ -226,8 +231,7 @@ def with_sizes(model_options: dict, sizes: dict[str, object]) -> dict:
         raise ValueError(f"their options have {len(layers)} layers; the sizes give {len(sizes['widths'])}")
     for layer, width in zip(layers, sizes["widths"]):
         layer["size"] = width
-    pred = options["pred_options"]
-    for dist in pred["sub_dists"] if pred["type"] == "combination" else [pred]:
+    for dist in _dists(options["pred_options"]):
         if "normal" in dist["type"]:
             components = sizes["Gaussian components of p(dx, dy)"]
             dist["type"] = "normal_mixture" if components > 1 else "normal"

@@ -10,7 +10,7 @@ in another order, so losses agree with the uncompiled ones to float32 rounding
 (``tests/test_compiled.py``).
 
 Whether it pays depends on the machine. On this project's CPU it did not (the step took
-1.10 and 1.01 times as long compiled: docs/guides/speed.md, ``bench steps --compile``);
+1.09 and 1.02 times as long compiled: docs/guides/speed.md, ``bench steps --compile``);
 it is meant for GPUs, where fusing the gates' elementwise work may save memory traffic,
 and no GPU has measured it yet.
 
