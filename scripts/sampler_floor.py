@@ -1,6 +1,8 @@
 """Where the cached sampler's time goes at batch 1: a whole generated step, the trunk's
 step, the same matrix products alone, one product over the same weights, and one over all
-the model's weights (``bench generation``'s floor). Interleaved medians, per step.
+the model's weights (``bench generation``'s floor); and the five prior layers' draws with
+their Gaussian heads fused (as the sampler runs them) and each head's two nets apart.
+Interleaved medians, per step.
 
     python scripts/sampler_floor.py [--threads N]
 """
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_stcn.bench.benchmark import interleaved, stcn_dense_setup
+from pyro_stcn.nets.heads import FusedGaussianHead, join
 
 STEPS = 50  # generated steps per timed call
 
@@ -32,6 +35,14 @@ def main() -> None:
     same = torch.randn(trunk_weights // 1024, 1024)
     every = torch.randn(all_weights // 1024, 1024)
     v = torch.randn(1, 1024)
+    d_prev = [h[:, None] for h in stepper(x)]
+    fused = {head: FusedGaussianHead(head) for head in model.prior.heads}
+
+    def priors(fuse: bool) -> list:
+        for head, f in fused.items():
+            head.fused = f if fuse else None
+        return [model.top_down(d_prev, lambda l, d, z: model.prior.sample(l, join(d, z))) for _ in range(STEPS)]
+
     contenders = {
         "whole generated step (cached)": lambda: model.generate(1, STEPS),
         "trunk step (BlockStepper)": lambda: [stepper(x) for _ in range(STEPS)],
@@ -44,6 +55,8 @@ def main() -> None:
         f"floor: one product over all {all_weights / 1e6:.1f}M weights": lambda: [
             F.linear(v, every) for _ in range(STEPS)
         ],
+        "five prior layers' draws, heads fused": lambda: priors(True),
+        "the same, each head's two nets apart": lambda: priors(False),
     }
     with torch.no_grad():
         times = interleaved(contenders, repeats=5)

@@ -5,11 +5,14 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pyro import poutine
+from torch import nn
 
 from pyro_stcn.models import MSSTCNConfig, STCNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.models.priors import make_prior
+from pyro_stcn.nets.heads import FusedGaussianHead, GaussianHead
 from pyro_stcn.nets.trunk import Wavenet
 from pyro_stcn.runs.registry import make_model
 
@@ -226,3 +229,58 @@ def test_draws_without_distribution_objects_are_the_distributions_draws(kind, li
         built = model.generate(2, 14, cached=cached, draw=_through_distributions)
         assert torch.equal(fast, built)
     assert not torch.equal(fast[0], fast[1])
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(3,), (2, 5)])
+def test_a_fused_gaussian_head_equals_its_two_nets(layers, shape):
+    """FusedGaussianHead's (μ, σ) equal GaussianHead's two nets, computed independently in
+    float64, to float32 rounding (1e-5), for every depth the models build and for
+    contexts with and without a time dim."""
+    torch.manual_seed(layers)
+    head = GaussianHead(7, 6, 4, layers=layers)
+    with torch.no_grad():  # spread the biases, so that a swapped or dropped one shows
+        for p in head.parameters():
+            p.normal_()
+    h = torch.randn(*shape, 7)
+    with torch.no_grad():
+        loc, scale = FusedGaussianHead(head)(h)
+
+    def net(linears: nn.Sequential) -> torch.Tensor:  # the mlp by hand: ReLU between maps
+        x = h.double()
+        for i, m in enumerate(linears[::2]):
+            x = x if i == 0 else x.relu()
+            x = x @ m.weight.double().T + m.bias.double()
+        return x
+
+    assert loc.shape == scale.shape == (*shape, 4)
+    torch.testing.assert_close(loc.double(), net(head.loc), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scale.double(), F.softplus(net(head.scale)).clamp(1e-3, 5.0), rtol=1e-5, atol=1e-5)
+
+
+class _TanhHead(GaussianHead):
+    def forward(self, h):
+        loc, scale = super().forward(h)
+        return loc.tanh(), scale
+
+
+def test_only_heads_computing_as_built_are_fused_and_only_while_sampling():
+    """The samplers fuse every GaussianHead built as such; a subclass with its own
+    forward, or a head whose net was replaced, keeps its own computation; after
+    generating, also after a failed one, no head stays fused (a fused head has no
+    gradients, so training through one would silently stop learning)."""
+    model = _stcn("stcn-dense", "gmm", 4)
+    built, replaced = model.prior.heads[0], model.prior.heads[1]
+    replaced.loc = nn.Sequential(nn.Linear(replaced.loc[0].in_features, 4), nn.Tanh(), nn.Linear(4, 3))
+    model.prior.heads[2] = _TanhHead(model.prior.contexts[2], 8, 2)
+    assert FusedGaussianHead.fits(built) and not FusedGaussianHead.fits(replaced)
+    assert not FusedGaussianHead.fits(model.prior.heads[2])
+    seen = []
+    model.prior.heads[0].register_forward_hook(lambda m, args, out: seen.append(m.fused is not None))
+    model.prior.heads[1].register_forward_hook(lambda m, args, out: seen.append(m.fused is not None))
+    model.generate(2, 3)
+    assert seen == [False, True] * 3  # top-down: layer 1's head, then layer 0's, at each step
+    assert all(m.fused is None for m in model.modules() if isinstance(m, GaussianHead))
+    with pytest.raises(ValueError, match="prime"):
+        model.generate(2, 3, prime=torch.zeros(2, 1, 5))
+    assert all(m.fused is None for m in model.modules() if isinstance(m, GaussianHead))

@@ -6,6 +6,9 @@ so on ``[batch, time, channels]`` tensors it is an ``nn.Linear`` (a
 convolutions' ``[batch, channels, time]`` where they lie).
 """
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,7 +58,78 @@ class GaussianHead(nn.Module):
         super().__init__()
         self.loc = mlp(in_dim, hidden, out_dim, layers)
         self.scale = mlp(in_dim, hidden, out_dim, layers)
+        self.fused: FusedGaussianHead | None = None  # set while a sampler runs (fused_for_sampling)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        if self.fused is not None:
+            return self.fused(h)
         loc, raw = full_precision(self.loc(h), self.scale(h))  # float32 under autocast (pyro_stcn.nets.precision)
         return loc, bounded_softplus(raw)
+
+
+class FusedGaussianHead:
+    """A :class:`GaussianHead`'s μ and σ nets run side by side, for generation: the
+    first maps of both (same input) as one product over ``[W_μ; W_σ]``, every later
+    pair as one batched product: half the matrix-product calls, which at batch 1 cost
+    more to make than their arithmetic.
+
+    It reads the head's weights once, when made, with no gradients (as
+    :class:`~pyro_stcn.nets.trunk.BlockStepper` does): make a new one after the weights
+    change. The sums run in another order than the two nets', so (μ, σ) agree with them
+    to float32 rounding (``tests/test_generation.py``). What it saves at batch 1:
+    ``scripts/sampler_floor.py`` (docs/guides/speed.md)."""
+
+    def __init__(self, head: GaussianHead):
+        with torch.no_grad():
+            loc, scale = (
+                [m for m in net if isinstance(m, nn.Linear)] for net in (head.loc, head.scale)
+            )  # fmt: skip
+            # [in, 2 out]: μ's columns, then σ's
+            self.first = (torch.cat([loc[0].weight, scale[0].weight]).t().contiguous(),
+                          torch.cat([loc[0].bias, scale[0].bias]))  # fmt: skip
+            # [2, in, out] and [2, 1, out]: μ's map, then σ's
+            self.pairs = [
+                (torch.stack([a.weight.t(), b.weight.t()]).contiguous(), torch.stack([a.bias, b.bias])[:, None])
+                for a, b in zip(loc[1:], scale[1:], strict=True)
+            ]
+
+    @staticmethod
+    def fits(head: nn.Module) -> bool:
+        """Whether ``head`` is a :class:`GaussianHead` computing as built (two :func:`mlp`
+        nets of the same widths and the class's own ``forward``); a subclass or a
+        replaced net keeps its own computation."""
+        if type(head) is not GaussianHead:
+            return False
+        kinds = [[type(m) for m in net] for net in (head.loc, head.scale)]
+        built = [ChannelLinear if i % 2 == 0 else nn.ReLU for i in range(len(kinds[0]))]  # mlp(): map, ReLU, ..., map
+        return (
+            kinds[0] == kinds[1] == built
+            and len(built) % 2 == 1
+            and all(a.weight.shape == b.weight.shape for a, b in zip(head.loc[::2], head.scale[::2], strict=True))
+        )
+
+    def __call__(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ, σ) from ``h [..., in]``, each ``[..., out]``."""
+        weight, bias = self.first
+        x = torch.addmm(bias, h.reshape(-1, h.shape[-1]), weight)
+        x = x.view(x.shape[0], 2, -1).transpose(0, 1)  # [2, rows, width]: μ's net, then σ's
+        for weight, bias in self.pairs:
+            x = torch.baddbmm(bias, x.relu_(), weight)
+        shape = h.shape[:-1] + x.shape[-1:]
+        return x[0].reshape(shape), bounded_softplus(x[1]).reshape(shape)
+
+
+@contextlib.contextmanager
+def fused_for_sampling(model: nn.Module) -> Iterator[None]:
+    """While it runs, every :class:`GaussianHead` of ``model`` that
+    :meth:`FusedGaussianHead.fits` computes through a :class:`FusedGaussianHead` made
+    from its weights now; afterwards as before. The samplers run in it
+    (:func:`pyro_stcn.nets.generation.sampler`): no gradients flow through it."""
+    heads = [m for m in model.modules() if FusedGaussianHead.fits(m)]
+    for head in heads:
+        head.fused = FusedGaussianHead(head)
+    try:
+        yield
+    finally:
+        for head in heads:
+            head.fused = None
