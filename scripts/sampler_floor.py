@@ -1,13 +1,14 @@
 """Where the cached sampler's time goes at batch 1: a whole generated step, the trunk's
 step, the same matrix products alone, one product over the same weights, and one over all
-the model's weights (``bench generation``'s floor); and the five prior layers' draws with
-their Gaussian heads fused (as the sampler runs them) and each head's two nets apart.
-Interleaved medians, per step.
+the model's weights (``bench generation``'s floor); and with each Gaussian head's two nets
+run apart rather than fused (``FusedGaussianHead``, as the sampler runs them), the whole
+step and the five prior layers' draws. Interleaved medians, per step.
 
     python scripts/sampler_floor.py [--threads N]
 """
 
 import argparse
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,10 @@ def main() -> None:
     d_prev = [h[:, None] for h in stepper(x)]
     fused = {head: FusedGaussianHead(head) for head in model.prior.heads}
 
+    def unfused_generate() -> None:
+        with mock.patch.object(FusedGaussianHead, "fits", staticmethod(lambda head: False)):
+            model.generate(1, STEPS)
+
     def priors(fuse: bool) -> list:
         for head, f in fused.items():
             head.fused = f if fuse else None
@@ -55,6 +60,7 @@ def main() -> None:
         f"floor: one product over all {all_weights / 1e6:.1f}M weights": lambda: [
             F.linear(v, every) for _ in range(STEPS)
         ],
+        "whole generated step, heads apart": unfused_generate,
         "five prior layers' draws, heads fused": lambda: priors(True),
         "the same, each head's two nets apart": lambda: priors(False),
     }
