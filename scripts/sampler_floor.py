@@ -46,7 +46,11 @@ def main() -> None:
     def priors(fuse: bool) -> list:
         for head, f in fused.items():
             head.fused = f if fuse else None
-        return [model.top_down(d_prev, lambda l, d, z: model.prior.sample(l, join(d, z))) for _ in range(STEPS)]
+        try:
+            return [model.top_down(d_prev, lambda l, d, z: model.prior.sample(l, join(d, z))) for _ in range(STEPS)]
+        finally:  # the other rows time the heads as the sampler leaves them
+            for head in fused:
+                head.fused = None
 
     contenders = {
         "whole generated step (cached)": lambda: model.generate(1, STEPS),

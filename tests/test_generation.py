@@ -12,7 +12,8 @@ from torch import nn
 from pyro_stcn.models import MSSTCNConfig, STCNConfig
 from pyro_stcn.models.ms_stcn import default_dilations
 from pyro_stcn.models.priors import make_prior
-from pyro_stcn.nets.heads import FusedGaussianHead, GaussianHead
+from pyro_stcn.nets.heads import FusedGaussianHead, GaussianHead, fused_for_sampling
+from pyro_stcn.nets.pointwise import ChannelLinear
 from pyro_stcn.nets.trunk import Wavenet
 from pyro_stcn.runs.registry import make_model
 
@@ -232,17 +233,19 @@ def test_draws_without_distribution_objects_are_the_distributions_draws(kind, li
 
 
 @pytest.mark.parametrize("layers", [0, 1, 2])
-@pytest.mark.parametrize("shape", [(3,), (2, 5)])
-def test_a_fused_gaussian_head_equals_its_two_nets(layers, shape):
+@pytest.mark.parametrize("shape", [(3,), (2, 5), (0,)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_fused_gaussian_head_equals_its_two_nets(layers, shape, dtype):
     """FusedGaussianHead's (μ, σ) equal GaussianHead's two nets, computed independently in
-    float64, to float32 rounding (1e-5), for every depth the models build and for
-    contexts with and without a time dim."""
+    float64, to float32 rounding (1e-5), for every depth the models build, float32 and
+    float64 models, and contexts with and without a time dim, a transposed view among
+    them, and with no rows."""
     torch.manual_seed(layers)
-    head = GaussianHead(7, 6, 4, layers=layers)
+    head = GaussianHead(7, 6, 4, layers=layers).to(dtype)
     with torch.no_grad():  # spread the biases, so that a swapped or dropped one shows
         for p in head.parameters():
             p.normal_()
-    h = torch.randn(*shape, 7)
+    h = torch.randn(*shape[::-1], 7, dtype=dtype).transpose(0, len(shape) - 1)  # [*shape, 7]; transposed if 2-d
     with torch.no_grad():
         loc, scale = FusedGaussianHead(head)(h)
 
@@ -253,9 +256,23 @@ def test_a_fused_gaussian_head_equals_its_two_nets(layers, shape):
             x = x @ m.weight.double().T + m.bias.double()
         return x
 
-    assert loc.shape == scale.shape == (*shape, 4)
+    assert loc.shape == scale.shape == (*shape, 4) and loc.dtype == scale.dtype == dtype
     torch.testing.assert_close(loc.double(), net(head.loc), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scale.double(), F.softplus(net(head.scale)).clamp(1e-3, 5.0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(GENERATORS))
+def test_samples_with_fused_heads_equal_those_with_the_heads_apart(kind, monkeypatch):
+    """Same seed, same draws: generation with the Gaussian heads fused gives the
+    sequences of the heads as built, to float32 rounding carried through the steps."""
+    model = GENERATORS[kind]("gmm", 4)
+    torch.manual_seed(5)
+    fused = model.generate(3, 12)
+    monkeypatch.setattr(FusedGaussianHead, "fits", staticmethod(lambda head: False))
+    torch.manual_seed(5)
+    apart = model.generate(3, 12)
+    torch.testing.assert_close(fused, apart, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(fused[0], fused[1], atol=1e-2)  # the draws differ across sequences
 
 
 class _TanhHead(GaussianHead):
@@ -264,23 +281,62 @@ class _TanhHead(GaussianHead):
         return loc.tanh(), scale
 
 
-def test_only_heads_computing_as_built_are_fused_and_only_while_sampling():
-    """The samplers fuse every GaussianHead built as such; a subclass with its own
-    forward, or a head whose net was replaced, keeps its own computation; after
-    generating, also after a failed one, no head stays fused (a fused head has no
-    gradients, so training through one would silently stop learning)."""
+def _head(bias: bool = True) -> GaussianHead:
+    head = GaussianHead(5, 4, 3, layers=1)
+    head.loc[0] = ChannelLinear(5, 4, bias=bias)
+    return head
+
+
+def test_only_heads_computing_as_built_are_fused():
+    """A subclass with its own forward, a replaced net (another activation, or one
+    module instead of a Sequential), a map without bias and a hooked net each keep
+    their own computation."""
+    assert FusedGaussianHead.fits(_head())
+    assert not FusedGaussianHead.fits(_TanhHead(5, 4, 3, layers=1))
+    tanh = _head()
+    tanh.loc[1] = nn.Tanh()
+    assert not FusedGaussianHead.fits(tanh)
+    single = GaussianHead(5, 4, 3, layers=0)
+    single.loc = ChannelLinear(5, 3)
+    assert not FusedGaussianHead.fits(single)
+    assert not FusedGaussianHead.fits(_head(bias=False))
+    hooked = _head()
+    hooked.scale[2].register_forward_hook(lambda m, args, out: out * 2)
+    assert not FusedGaussianHead.fits(hooked)
+
+
+def test_heads_are_fused_only_while_sampling_without_gradients(monkeypatch):
+    """The samplers fuse the heads built as such and no other; afterwards, also after a
+    failed generation, each head is as before, and a generation nested in a custom draw
+    leaves the outer one's heads fused. With gradients on, even inside a sampler, a head
+    runs its nets (a fused head has no gradients: training through one would silently
+    stop learning)."""
     model = _stcn("stcn-dense", "gmm", 4)
     built, replaced = model.prior.heads[0], model.prior.heads[1]
     replaced.loc = nn.Sequential(nn.Linear(replaced.loc[0].in_features, 4), nn.Tanh(), nn.Linear(4, 3))
-    model.prior.heads[2] = _TanhHead(model.prior.contexts[2], 8, 2)
-    assert FusedGaussianHead.fits(built) and not FusedGaussianHead.fits(replaced)
-    assert not FusedGaussianHead.fits(model.prior.heads[2])
-    seen = []
-    model.prior.heads[0].register_forward_hook(lambda m, args, out: seen.append(m.fused is not None))
-    model.prior.heads[1].register_forward_hook(lambda m, args, out: seen.append(m.fused is not None))
+    seen, fused_calls = [], []
+    fused_call = FusedGaussianHead.__call__
+    monkeypatch.setattr(FusedGaussianHead, "__call__", lambda f, h: fused_calls.append(f) or fused_call(f, h))
+    built.register_forward_hook(lambda m, args, out: seen.append(("built", m.fused is not None)))
+    replaced.register_forward_hook(lambda m, args, out: seen.append(("replaced", m.fused is not None)))
     model.generate(2, 3)
-    assert seen == [False, True] * 3  # top-down: layer 1's head, then layer 0's, at each step
+    assert seen == [("replaced", False), ("built", True)] * 3  # top-down: layer 1, then layer 0, each step
+    assert len(fused_calls) == 6  # fused heads computed layers 0 and 2 (built as such) at each of the 3 steps
     assert all(m.fused is None for m in model.modules() if isinstance(m, GaussianHead))
     with pytest.raises(ValueError, match="prime"):
         model.generate(2, 3, prime=torch.zeros(2, 1, 5))
     assert all(m.fused is None for m in model.modules() if isinstance(m, GaussianHead))
+
+    nested = []
+
+    def nesting(name, distribution):  # at the first step's x: a whole generation, then forget its records
+        if name == "x" and not nested:
+            nested.append(model.generate(1, 2))
+            seen.clear()
+        return distribution.sample()
+
+    model.generate(2, 2, draw=nesting)
+    assert seen == [("replaced", False), ("built", True)]  # the second step, after the nested call
+    with fused_for_sampling(model), torch.enable_grad():
+        loc, scale = built(torch.randn(2, 1, built.loc[0].in_features))
+    assert loc.requires_grad and scale.requires_grad

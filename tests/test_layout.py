@@ -19,6 +19,7 @@ from torch import nn
 from pyro_stcn.models import MSSTCNConfig
 from pyro_stcn.models.wavenet import WavenetConfig
 from pyro_stcn.nets import pointwise
+from pyro_stcn.nets.heads import FusedGaussianHead
 from pyro_stcn.nets.pointwise import ChannelLinear
 from pyro_stcn.nets.trunk import GatedBlock, upsampled_by_transposed_conv
 from pyro_stcn.runs.registry import default_guide, make_guide, make_model
@@ -64,8 +65,9 @@ def test_upsampling_phases_equal_the_transposed_convolution(res):
 
 
 def _as_before(monkeypatch) -> None:
-    """The 1x1 maps as the previous version computed them: F.conv1d and F.linear; and
-    upsampling blocks by ``ConvTranspose1d``."""
+    """The 1x1 maps as the previous version computed them: F.conv1d and F.linear;
+    upsampling blocks by ``ConvTranspose1d``; and Gaussian heads never fused."""
+    monkeypatch.setattr(FusedGaussianHead, "fits", staticmethod(lambda head: False))
     monkeypatch.setattr(pointwise, "WIDEST_AS_PRODUCT", -1)
     monkeypatch.setattr(ChannelLinear, "forward", nn.Linear.forward)
     monkeypatch.setattr(GatedBlock, "upsample", upsampled_by_transposed_conv)

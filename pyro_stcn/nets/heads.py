@@ -58,12 +58,16 @@ class GaussianHead(nn.Module):
         super().__init__()
         self.loc = mlp(in_dim, hidden, out_dim, layers)
         self.scale = mlp(in_dim, hidden, out_dim, layers)
-        self.fused: FusedGaussianHead | None = None  # set while a sampler runs (fused_for_sampling)
+
+    # Set while a sampler runs (fused_for_sampling). A class default, so that modules
+    # pickled before it existed still load.
+    fused: "FusedGaussianHead | None" = None
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        if self.fused is not None:
-            return self.fused(h)
-        loc, raw = full_precision(self.loc(h), self.scale(h))  # float32 under autocast (pyro_stcn.nets.precision)
+        if self.fused is not None and not torch.is_grad_enabled():  # a snapshot has no gradients
+            loc, scale = self.fused(h)
+            return full_precision(loc, scale)  # float32 under autocast (pyro_stcn.nets.precision)
+        loc, raw = full_precision(self.loc(h), self.scale(h))
         return loc, bounded_softplus(raw)
 
 
@@ -95,24 +99,27 @@ class FusedGaussianHead:
 
     @staticmethod
     def fits(head: nn.Module) -> bool:
-        """Whether ``head`` is a :class:`GaussianHead` computing as built (two :func:`mlp`
-        nets of the same widths and the class's own ``forward``); a subclass or a
-        replaced net keeps its own computation."""
-        if type(head) is not GaussianHead:
+        """Whether ``head`` is a :class:`GaussianHead` computing as built: the class's own
+        ``forward``, two :func:`mlp` nets of the same widths with biases, and no hooks
+        (which fusing would skip). Any other head keeps its own computation."""
+        if type(head) is not GaussianHead or not all(isinstance(n, nn.Sequential) for n in (head.loc, head.scale)):
             return False
         kinds = [[type(m) for m in net] for net in (head.loc, head.scale)]
         built = [ChannelLinear if i % 2 == 0 else nn.ReLU for i in range(len(kinds[0]))]  # mlp(): map, ReLU, ..., map
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in head.modules() if m is not head)
         return (
             kinds[0] == kinds[1] == built
             and len(built) % 2 == 1
+            and not hooked
             and all(a.weight.shape == b.weight.shape for a, b in zip(head.loc[::2], head.scale[::2], strict=True))
+            and all(m.bias is not None for m in [*head.loc[::2], *head.scale[::2]])
         )
 
     def __call__(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """(μ, σ) from ``h [..., in]``, each ``[..., out]``."""
         weight, bias = self.first
         x = torch.addmm(bias, h.reshape(-1, h.shape[-1]), weight)
-        x = x.view(x.shape[0], 2, -1).transpose(0, 1)  # [2, rows, width]: μ's net, then σ's
+        x = x.unflatten(1, (2, -1)).transpose(0, 1)  # [2, rows, width]: μ's net, then σ's
         for weight, bias in self.pairs:
             x = torch.baddbmm(bias, x.relu_(), weight)
         shape = h.shape[:-1] + x.shape[-1:]
@@ -123,13 +130,15 @@ class FusedGaussianHead:
 def fused_for_sampling(model: nn.Module) -> Iterator[None]:
     """While it runs, every :class:`GaussianHead` of ``model`` that
     :meth:`FusedGaussianHead.fits` computes through a :class:`FusedGaussianHead` made
-    from its weights now; afterwards as before. The samplers run in it
-    (:func:`pyro_stcn.nets.generation.sampler`): no gradients flow through it."""
+    from its weights now, where no gradients are taken; afterwards as before (also when
+    nested: a custom draw may generate). The samplers run in it
+    (:func:`pyro_stcn.nets.generation.sampler`)."""
     heads = [m for m in model.modules() if FusedGaussianHead.fits(m)]
+    before = [head.fused for head in heads]
     for head in heads:
         head.fused = FusedGaussianHead(head)
     try:
         yield
     finally:
-        for head in heads:
-            head.fused = None
+        for head, fused in zip(heads, before, strict=True):
+            head.fused = fused
