@@ -85,9 +85,7 @@ class FusedGaussianHead:
 
     def __init__(self, head: GaussianHead):
         with torch.no_grad():
-            loc, scale = (
-                [m for m in net if isinstance(m, nn.Linear)] for net in (head.loc, head.scale)
-            )  # fmt: skip
+            loc, scale = ([m for m in net if isinstance(m, nn.Linear)] for net in (head.loc, head.scale))
             # [in, 2 out]: μ's columns, then σ's
             self.first = (torch.cat([loc[0].weight, scale[0].weight]).t().contiguous(),
                           torch.cat([loc[0].bias, scale[0].bias]))  # fmt: skip
