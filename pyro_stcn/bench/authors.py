@@ -236,7 +236,8 @@ def with_sizes(model_options: dict, sizes: dict[str, object]) -> dict:
             components = sizes["Gaussian components of p(dx, dy)"]
             dist["type"] = "normal_mixture" if components > 1 else "normal"
             dist.pop("n_components", None)
-            dist.update({"n_components": components} if components > 1 else {})
+            if components > 1:
+                dist["n_components"] = components
     differ = [what for what, value in their_sizes(options).items() if value != sizes[what]]
     if differ:
         raise ValueError(f"their options differ from those sizes in {', '.join(differ)}, which only widths and "

@@ -66,7 +66,7 @@ class GatedBlock(nn.Module):
         self.res = nn.Identity() if in_channels == channels else nn.Conv1d(in_channels, channels, 1)
 
     def residual(self, x: Tensor) -> Tensor:
-        """``skip`` at the input's resolution: x, or its 1x1 map where the width changes."""
+        """The skip path at the input's resolution: x, or its 1x1 map where the width changes."""
         return x if isinstance(self.res, nn.Identity) else pointwise(self.res, x)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
